@@ -1,0 +1,1 @@
+"""The ``callgate`` console script."""

@@ -1,0 +1,5 @@
+"""`callgate check` (being written)."""
+
+
+def check() -> None:
+    raise NotImplementedError

@@ -1,0 +1,5 @@
+"""`callgate demo` (being written)."""
+
+
+def demo() -> None:
+    raise NotImplementedError

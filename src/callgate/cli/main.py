@@ -1,0 +1,30 @@
+"""Entry point: ``callgate <command>``. Each command group lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from callgate.cli import certs, check, demo, keys, serve, sessions
+
+app = typer.Typer(
+    name="callgate",
+    help="callgate: a privileged-access gateway for function calls.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+app.command("serve")(serve.serve)
+app.command("check")(check.check)
+app.command("demo")(demo.demo)
+app.add_typer(certs.app, name="certs")
+app.add_typer(keys.app, name="keys")
+app.add_typer(sessions.app, name="sessions")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""`callgate serve` (being written)."""
+
+
+def serve() -> None:
+    raise NotImplementedError

@@ -1,0 +1,74 @@
+"""The few protocol-independent objects every engine turns its traffic into (ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, and how it was proven."""
+
+    subject: str
+    groups: frozenset[str]
+    #: how the credential was proven: ``api_key``, ``oidc``, ``session_token``, ``mtls``
+    method: str
+    #: unix time after which the proof is no longer valid (``None``: no expiry)
+    expires_at: float | None = None
+    #: a non-secret handle on the credential (API key name, token id) for audit and revocation
+    credential_id: str | None = None
+    issuer: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """One caller connected to one connection."""
+
+    id: str
+    principal: Principal
+    connection: str
+    protocol: str
+    client_addr: str
+    tls: bool
+    #: what the client said it was (PostgreSQL ``user``): recorded, never trusted
+    client_user: str | None = None
+    application_name: str | None = None
+    started_at: float = field(default_factory=time.time)
+
+
+class Verdict(str, Enum):
+    ALLOW = "allow"
+    REVIEW = "review"
+    DENY = "deny"
+
+
+@dataclass(frozen=True, slots=True)
+class SqlCommand:
+    """One SQL statement (or batch) a caller asks to run."""
+
+    sql: str
+    #: bind parameter values as the client sent them (``None`` is SQL NULL); text or binary
+    params: tuple[bytes | None, ...] = ()
+    #: the format code of each parameter (0 text, 1 binary), as in Bind
+    param_formats: tuple[int, ...] = ()
+    #: prepared statement name (extended protocol), ``None`` for a simple Query
+    statement_name: str | None = None
+    #: ``query`` (simple), ``parse``, ``execute`` (Bind+Execute of a prepared statement), ``copy``...
+    op: str = "query"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    verdict: Verdict
+    #: human-readable names of the rules that matched, e.g. ``"functions read orders: rules[0]"``
+    rules: tuple[str, ...] = ()
+    reason: str = ""
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict is Verdict.ALLOW
+
+
+ALLOW_ALL = Decision(Verdict.ALLOW, (), "")

@@ -1,0 +1,77 @@
+"""The interfaces engines use, and the one ``Services`` object built at start.
+
+Engines receive a :class:`Services` and never reach a service through a module global, so tests can
+pass their own implementations and a clock (ARCHITECTURE.md, "Layers").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from callgate.model import Decision, Principal, SessionInfo, SqlCommand
+
+if TYPE_CHECKING:
+    from callgate.config import Config
+
+
+class SessionRecorder(Protocol):
+    """Audit hooks for one session (compare Teleport's OnSessionStart/OnQuery/OnResult)."""
+
+    async def statement(self, command: SqlCommand, decision: Decision) -> int:
+        """Record a statement before it is forwarded (or refused).
+
+        Returns the statement's sequence number in the session. With ``durability: strict`` the
+        event is committed when this returns. Raises :class:`callgate.errors.AuditUnavailable`
+        when the store cannot take it and ``on_store_failure: deny`` is set.
+        """
+        ...
+
+    def statement_done(
+        self,
+        seq: int,
+        *,
+        tag: str | None,
+        rows: int | None,
+        error_sqlstate: str | None,
+        error_message: str | None,
+        duration_ms: float,
+    ) -> None:
+        """Record how statement ``seq`` ended. Queued; never blocks the data path."""
+        ...
+
+    async def end(self, reason: str, *, bytes_from_client: int, bytes_to_client: int) -> None:
+        """Record the end of the session (always called once, whatever ended it)."""
+        ...
+
+
+class AuditService(Protocol):
+    async def open_session(self, info: SessionInfo) -> SessionRecorder:
+        """Record a session start (committed under strict durability) and return its recorder."""
+        ...
+
+    def auth_failure(self, *, protocol: str, source: str, reason: str, issuer: str | None) -> None:
+        """Record a failed authentication. Never pass the credential itself."""
+        ...
+
+
+class IdentityService(Protocol):
+    async def authenticate(self, credential: str, *, source: str, protocol: str) -> Principal:
+        """Verify a caller's credential. Raises :class:`callgate.errors.AuthenticationFailed`.
+
+        Repeated failures from one ``source`` are slowed down, then refused for a while
+        (:class:`callgate.errors.TooManyFailures`).
+        """
+        ...
+
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class Services:
+    config: Config
+    identity: IdentityService
+    audit: AuditService
+    clock: Clock = field(default=__import__("time").time)
