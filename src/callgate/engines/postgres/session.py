@@ -1,0 +1,478 @@
+"""One caller's session through the PostgreSQL engine: startup, authentication, relay, end.
+
+Flow (ARCHITECTURE.md): decode → identity → policy → audit (commit) → upstream; responses are
+forwarded in bulk and only observed (ReadyForQuery, CommandComplete, errors) for audit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import ssl
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from callgate.engines.postgres import upstream as up
+from callgate.engines.postgres.tracking import StatementTracker
+from callgate.engines.postgres.wire import buffered, read_message
+from callgate.errors import (
+    AuthenticationFailed,
+    CallgateError,
+    ConnectRefused,
+    FeatureNotSupported,
+    PlaintextRefused,
+    ProtocolViolation,
+    SessionTerminated,
+    UnknownConnection,
+    UpstreamProtocolViolation,
+    UpstreamUnavailable,
+)
+from callgate.model import ALLOW_ALL, Decision, Principal, SessionInfo, SqlCommand
+from callgate.policy.access import may_connect
+from callgate.protocols.postgres import messages as m
+from callgate.protocols.postgres.framing import BackendObserver, Frame, FrontendReader, Passthrough
+from callgate.services import Services, SessionRecorder
+
+if TYPE_CHECKING:
+    from callgate.config import ConnectionConfig, ListenerConfig
+    from callgate.engines.postgres.listener import PostgresListener
+
+log = logging.getLogger("callgate.postgres")
+
+#: Time a client has to finish TLS, startup and authentication (PostgreSQL's own
+#: authentication_timeout defaults to 60 s as well).
+STARTUP_TIMEOUT = 60.0
+#: Bytes read from a socket at a time. Larger reads from the upstream keep result sets in bulk.
+CLIENT_READ = 64 * 1024
+UPSTREAM_READ = 256 * 1024
+#: Time to flush a final error to a client that may not be reading any more.
+FINAL_WRITE_TIMEOUT = 2.0
+
+_OBSERVED = frozenset(
+    {
+        m.BackendType.READY_FOR_QUERY,
+        m.BackendType.COMMAND_COMPLETE,
+        m.BackendType.ERROR_RESPONSE,
+        m.BackendType.EMPTY_QUERY_RESPONSE,
+        m.BackendType.PORTAL_SUSPENDED,
+    }
+)
+_STREAMED = frozenset({m.FrontendType.COPY_DATA})
+_EXTENDED = frozenset(
+    {m.FrontendType.PARSE, m.FrontendType.BIND, m.FrontendType.DESCRIBE, m.FrontendType.CLOSE}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Portal:
+    sql: str
+    statement: str
+    bind: m.Bind
+
+
+class PostgresSession:
+    def __init__(
+        self,
+        services: Services,
+        listener: PostgresListener,
+        config: ListenerConfig,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ):
+        self.services = services
+        self.listener = listener
+        self.listener_config = config
+        self.client_r = reader
+        self.client_w = writer
+        peer = writer.get_extra_info("peername")
+        self.client_addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.client_host = peer[0] if isinstance(peer, tuple) else str(peer)
+        self.id = uuid.uuid4().hex
+        self.tls = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.principal: Principal | None = None
+        self.recorder: SessionRecorder | None = None
+        self.upstream: up.UpstreamConnection | None = None
+        self.target: up.UpstreamTarget | None = None
+        self.cancel_key: tuple[int, int] | None = None
+        self.tracker: StatementTracker | None = None
+        self._observer: BackendObserver | None = None
+        self._stop = asyncio.Event()
+        self._stop_reason = ""
+        limits = services.config.gateway.limits
+        self.max_frame = limits.max_message_bytes
+        self.max_decoded = limits.max_decoded_bytes
+        self._prepared: dict[str, str] = {}
+        self._portals: dict[str, _Portal] = {}
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        reason = "client disconnected"
+        try:
+            try:
+                ready = await asyncio.wait_for(self._start(), STARTUP_TIMEOUT)
+            except TimeoutError as exc:
+                raise ProtocolViolation("startup did not complete in time") from exc
+            if ready:
+                reason = await self._relay()
+        except CallgateError as exc:
+            reason = f"{type(exc).__name__}: {exc.message}"
+            await self._send_error(exc)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            reason = "client connection lost"
+        except asyncio.CancelledError:
+            reason = "cancelled"
+            raise
+        except Exception:
+            log.exception("internal error in session %s", self.id)
+            reason = "internal error"
+            await self._send_error(CallgateError("internal error in callgate; session ended"))
+        finally:
+            await self._finish(reason)
+
+    def terminate(self, reason: str) -> None:
+        """Ask the session to end (shutdown, credential expiry). Safe to call more than once."""
+        if not self._stop.is_set():
+            self._stop_reason = reason
+            self._stop.set()
+
+    async def _finish(self, reason: str) -> None:
+        self.listener.forget(self)
+        if self.tracker is not None:
+            self.tracker.abandon(f"session ended: {reason}")
+        if self.upstream is not None:
+            w = self.upstream.writer
+            if not w.is_closing():
+                try:
+                    w.write(m.TERMINATE)
+                except (OSError, RuntimeError):
+                    pass
+            w.close()
+        self.client_w.close()
+        if self.recorder is not None:
+            try:
+                await self.recorder.end(
+                    reason, bytes_from_client=self.bytes_in, bytes_to_client=self.bytes_out
+                )
+            except CallgateError as exc:
+                log.error("could not record the end of session %s: %s", self.id, exc.message)
+        log.info("session %s ended: %s", self.id, reason)
+
+    async def _send_error(self, exc: CallgateError) -> None:
+        if self.client_w.is_closing():
+            return
+        if self._observer is not None and not self._observer.at_boundary:
+            return  # mid-way through an upstream message: an error now would corrupt the stream
+        data = m.encode_error(
+            exc.sqlstate,
+            exc.message,
+            severity="FATAL" if exc.fatal else "ERROR",
+            detail=exc.detail,
+            hint=exc.hint,
+        )
+        try:
+            self.client_w.write(data)
+            self.bytes_out += len(data)
+            await asyncio.wait_for(self.client_w.drain(), FINAL_WRITE_TIMEOUT)
+        except (OSError, TimeoutError, RuntimeError):
+            pass
+
+    # --- startup ------------------------------------------------------------------------------
+
+    async def _read_startup(self) -> m.StartupPacket:
+        head = await self.client_r.readexactly(4)
+        m.read_startup_packet(head)  # validates the length field; 4 bytes are never a packet
+        length = int.from_bytes(head, "big")
+        rest = await self.client_r.readexactly(length - 4)
+        self.bytes_in += length
+        parsed = m.read_startup_packet(head + rest)
+        if parsed is None:  # pragma: no cover - the length was checked above
+            raise ProtocolViolation("incomplete startup packet")
+        return parsed[0]
+
+    async def _start(self) -> bool:
+        """TLS, startup, caller authentication, upstream connection. False: nothing to relay."""
+        while True:
+            pkt = await self._read_startup()
+            if isinstance(pkt, m.SSLRequest):
+                await self._negotiate_tls()
+            elif isinstance(pkt, m.GSSENCRequest):
+                self._write(b"N")  # no GSSAPI encryption; libpq then tries TLS or plaintext
+            elif isinstance(pkt, m.CancelRequest):
+                await self.listener.cancel(pkt.process_id, pkt.secret_key)
+                return False
+            else:
+                return await self._startup(pkt)
+
+    async def _negotiate_tls(self) -> None:
+        ctx = self.listener.ssl_context
+        if self.tls or ctx is None:
+            self._write(b"N")
+            return
+        if buffered(self.client_r):
+            raise ProtocolViolation("data sent before the TLS handshake")
+        self._write(b"S")
+        await self.client_w.drain()
+        try:
+            await self.client_w.start_tls(ctx)
+        except ssl.SSLError as exc:
+            raise ProtocolViolation(f"TLS handshake failed: {exc.reason}") from exc
+        self.tls = True
+
+    async def _startup(self, startup: m.StartupMessage) -> bool:
+        major, minor = startup.protocol >> 16, startup.protocol & 0xFFFF
+        if major != 3:
+            raise FeatureNotSupported(
+                f"unsupported frontend protocol {major}.{minor}: callgate speaks protocol 3.0"
+            )
+        if not self.tls and not self.listener_config.allow_plaintext:
+            raise PlaintextRefused(
+                "callgate requires TLS on this listener",
+                hint="connect with sslmode=require (or verify-full with callgate's CA)",
+            )
+        extensions = tuple(k for k, _ in startup.parameters if k.startswith("_pq_."))
+        if minor != 0 or extensions:
+            # §55.2.1: answer a newer minor version or unknown protocol options by negotiating.
+            body = m._I32.pack(m.PROTOCOL_3_0) + m._I32.pack(len(extensions))
+            body += b"".join(m.cstr(e) for e in extensions)
+            self._write(m.frame(m.BackendType.NEGOTIATE_PROTOCOL_VERSION, body))
+        database = startup.get("database") or startup.get("user") or ""
+
+        # The caller proves who it is with a cleartext password message (inside TLS).
+        self._write(m.AUTH_CLEARTEXT)
+        await self.client_w.drain()
+        f = await read_message(self.client_r, max_size=self.max_decoded, upstream=False)
+        self.bytes_in += len(f.body) + 5
+        if f.type != m.FrontendType.PASSWORD:
+            raise ProtocolViolation("expected a password message")
+        credential = m.decode_password(f.body)
+        if not credential:
+            raise AuthenticationFailed("a credential is required as the password")
+        principal = await self.services.identity.authenticate(
+            credential, source=self.client_host, protocol="postgres"
+        )
+        del credential
+        self.principal = principal
+
+        config = self.services.config
+        conn = config.connection(database)
+        if conn is None or conn.protocol != "postgres":
+            raise UnknownConnection(f'connection "{database}" does not exist')
+        if not may_connect(config.policies, principal, conn.name):
+            raise ConnectRefused(
+                f'"{principal.subject}" is not allowed to use connection "{conn.name}"'
+            )
+
+        info = SessionInfo(
+            id=self.id,
+            principal=principal,
+            connection=conn.name,
+            protocol="postgres",
+            client_addr=self.client_addr,
+            tls=self.tls,
+            client_user=startup.get("user"),
+            application_name=startup.get("application_name"),
+            started_at=time.time(),
+        )
+        self.recorder = await self.services.audit.open_session(info)
+        self.tracker = StatementTracker(self.recorder, time.monotonic)
+        self.target = _target(conn, self.listener.upstream_ssl_context(conn))
+        self.upstream = await up.connect(self.target, startup.parameters)
+
+        self.cancel_key = self.listener.register(self)
+        out = bytearray(m.AUTH_OK)
+        for name, value in self.upstream.parameters:
+            out += m.encode_parameter_status(name, value)
+        out += m.encode_backend_key_data(*self.cancel_key)
+        out += m.encode_ready_for_query(self.upstream.transaction_status)
+        self._write(bytes(out))
+        await self.client_w.drain()
+        log.info(
+            "session %s: %s (%s) → %s from %s",
+            self.id,
+            principal.subject,
+            principal.method,
+            conn.name,
+            self.client_addr,
+        )
+        return True
+
+    def _write(self, data: bytes) -> None:
+        self.client_w.write(data)
+        self.bytes_out += len(data)
+
+    # --- relay --------------------------------------------------------------------------------
+
+    async def _relay(self) -> str:
+        tasks = {
+            asyncio.create_task(self._client_pump(), name=f"pg-c2u-{self.id}"),
+            asyncio.create_task(self._upstream_pump(), name=f"pg-u2c-{self.id}"),
+        }
+        stop = asyncio.create_task(self._stop.wait())
+        done, pending = await asyncio.wait(tasks | {stop}, return_when=asyncio.FIRST_COMPLETED)
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if stop in done:
+            raise SessionTerminated(self._stop_reason or "the session was ended by callgate")
+        # Prefer the error of a failed pump over the clean exit of the other.
+        for t in done:
+            exc = t.exception()
+            if exc is not None:
+                raise exc
+        return str(next(iter(done)).result())
+
+    def _decide(self, command: SqlCommand) -> Decision:
+        # Statement-level policy arrives with its own issue; connecting was already checked.
+        return ALLOW_ALL
+
+    async def _record(self, command: SqlCommand) -> int:
+        assert self.recorder is not None
+        return await self.recorder.statement(command, self._decide(command))
+
+    async def _client_pump(self) -> str:
+        assert self.upstream is not None and self.tracker is not None
+        reader = FrontendReader(
+            streamed=_STREAMED,
+            known=m.FRONTEND_TYPES,
+            max_frame=self.max_frame,
+            max_decoded=self.max_decoded,
+        )
+        up_w = self.upstream.writer
+        tracker = self.tracker
+        read = self.client_r.read
+        while True:
+            data = await read(CLIENT_READ)
+            if not data:
+                return "client disconnected"
+            self.bytes_in += len(data)
+            out = bytearray()
+            terminate = False
+            for item in reader.feed(data):
+                if isinstance(item, Passthrough):
+                    out += item.data
+                    continue
+                t = item.type
+                if t == m.FrontendType.QUERY:
+                    q = m.decode_query(item.body)
+                    seq = await self._record(SqlCommand(q.sql, op="query"))
+                    tracker.simple(seq)
+                elif t == m.FrontendType.EXECUTE:
+                    seq = await self._record(self._execute_command(m.decode_execute(item.body)))
+                    tracker.execute(seq)
+                elif t in _EXTENDED:
+                    self._track_extended(item)
+                    tracker.extended()
+                elif t == m.FrontendType.SYNC:
+                    tracker.sync()
+                elif t == m.FrontendType.FUNCTION_CALL:
+                    fc = m.decode_function_call(item.body)
+                    cmd = SqlCommand(
+                        f"-- fastpath function call, oid {fc.function_oid}",
+                        params=fc.args,
+                        param_formats=fc.arg_formats,
+                        op="function_call",
+                    )
+                    tracker.simple(await self._record(cmd))
+                elif t == m.FrontendType.TERMINATE:
+                    terminate = True
+                elif t == m.FrontendType.PASSWORD:
+                    raise ProtocolViolation("unexpected password message after authentication")
+                out += m.frame(t, item.body)
+                if terminate:
+                    break
+            if out:
+                up_w.write(out)
+                await up_w.drain()
+            if terminate:
+                return "client terminated the session"
+
+    def _track_extended(self, f: Frame) -> None:
+        t = f.type
+        if t == m.FrontendType.PARSE:
+            p = m.decode_parse(f.body)
+            self._prepared[p.name] = p.sql
+        elif t == m.FrontendType.BIND:
+            b = m.decode_bind(f.body)
+            sql = self._prepared.get(b.statement, "")
+            self._portals[b.portal] = _Portal(sql, b.statement, b)
+        elif t == m.FrontendType.CLOSE:
+            c = m.decode_close(f.body)
+            if c.kind == "S":
+                self._prepared.pop(c.name, None)
+            else:
+                self._portals.pop(c.name, None)
+        else:
+            m.decode_describe(f.body)  # validated only
+
+    def _execute_command(self, e: m.Execute) -> SqlCommand:
+        portal = self._portals.get(e.portal)
+        if portal is None:
+            # The server will answer with its own error; record what was asked.
+            return SqlCommand("", statement_name=None, op="execute")
+        b = portal.bind
+        return SqlCommand(
+            portal.sql,
+            params=b.params,
+            param_formats=tuple(b.format_of(i) for i in range(len(b.params))),
+            statement_name=portal.statement or None,
+            op="execute",
+        )
+
+    async def _upstream_pump(self) -> str:
+        assert self.upstream is not None and self.tracker is not None
+        observer = BackendObserver(
+            _OBSERVED,
+            known=m.BACKEND_TYPES,
+            max_frame=self.max_frame,
+            max_decoded=self.max_decoded,
+        )
+        self._observer = observer
+        read = self.upstream.reader.read
+        client_w = self.client_w
+        on_backend = self.tracker.on_backend
+        while True:
+            data = await read(UPSTREAM_READ)
+            if not data:
+                raise UpstreamUnavailable("the upstream database closed the connection")
+            try:
+                frames = observer.feed(data)
+            except ProtocolViolation as exc:
+                raise UpstreamProtocolViolation(f"upstream sent malformed data: {exc}") from exc
+            client_w.write(data)
+            self.bytes_out += len(data)
+            for f in frames:
+                on_backend(f)
+            await client_w.drain()
+
+    # --- cancel -------------------------------------------------------------------------------
+
+    async def cancel_upstream(self) -> None:
+        if self.target is None or self.upstream is None:
+            return
+        await up.send_cancel(self.target, self.upstream.process_id, self.upstream.secret_key)
+
+
+def _target(conn: ConnectionConfig, ssl_context: ssl.SSLContext | None) -> up.UpstreamTarget:
+    u = conn.upstream
+    password = u.password.resolve() if u.password is not None else None
+    return up.UpstreamTarget(
+        host=u.host,
+        port=u.port,
+        database=u.database,
+        user=u.user,
+        password=password,
+        tls_mode=u.tls,
+        ssl_context=ssl_context,
+        connect_timeout=u.connect_timeout.total_seconds(),
+    )
+
+
+def new_cancel_key() -> tuple[int, int]:
+    """A random (process id, secret key) pair of our own: the upstream's never reaches callers."""
+    return secrets.randbits(31), secrets.randbits(31) - (1 << 30)

@@ -1,0 +1,1 @@
+"""Decisions: who may connect where, and (per statement) what they may do. No I/O here."""
