@@ -1,5 +1,19 @@
-"""`callgate demo` (being written)."""
+"""``callgate demo``."""
+
+from __future__ import annotations
+
+import subprocess
+
+from callgate.cli.common import fail
 
 
 def demo() -> None:
-    raise NotImplementedError
+    """The quickstart: a throwaway PostgreSQL, callgate in front of it, a caller walked through."""
+    from callgate.demo import DemoError, run_demo
+
+    try:
+        run_demo()
+    except DemoError as exc:
+        fail(str(exc))
+    except subprocess.CalledProcessError as exc:
+        fail(f"a demo step failed: {' '.join(map(str, exc.cmd[:3]))}… exited {exc.returncode}")
