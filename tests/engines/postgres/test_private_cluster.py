@@ -30,7 +30,7 @@ def cluster_connection(cluster: PgCluster, *, tls: str = "verify-full") -> dict[
             "user": cluster.user,
             "password": "env:CG_TEST_UPSTREAM_PASSWORD",
             "tls": tls,
-            "ca_file": str(cluster.ca_file),
+            **({"ca_file": str(cluster.ca_file)} if tls == "verify-full" else {}),
         },
     }
 

@@ -62,7 +62,7 @@ class PostgresListener:
 
     def upstream_ssl_context(self, conn: ConnectionConfig) -> ssl.SSLContext | None:
         if conn.name not in self._upstream_ctx:
-            u = conn.upstream
+            u = conn.database_upstream
             self._upstream_ctx[conn.name] = client_context(u.tls, u.ca_file, u.host)
         return self._upstream_ctx[conn.name]
 

@@ -459,7 +459,7 @@ class PostgresSession:
 
 
 def _target(conn: ConnectionConfig, ssl_context: ssl.SSLContext | None) -> up.UpstreamTarget:
-    u = conn.upstream
+    u = conn.database_upstream
     password = u.password.resolve() if u.password is not None else None
     return up.UpstreamTarget(
         host=u.host,
