@@ -15,13 +15,17 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 from callgate.audit import AuditService
 from callgate.model import ALLOW_ALL, Principal, SessionInfo, SqlCommand
 from callgate.store import SqliteStore
 
 PRINCIPAL = Principal("bench", frozenset({"functions"}), "api_key", credential_id="bench")
+T = TypeVar("T")
+
 COMMAND = SqlCommand(
     "SELECT id, total FROM orders WHERE customer_id = $1", (b"42",), (0,), "s1", "execute"
 )
@@ -79,12 +83,12 @@ def main() -> None:
     parser.add_argument("--round-trips", type=int, default=5000)
     args = parser.parse_args()
 
-    if args.loop == "uvloop":
-        import uvloop
+    def run(coro: Coroutine[Any, Any, T]) -> T:
+        if args.loop == "uvloop":
+            import uvloop
 
-        run = uvloop.run
-    else:
-        run = asyncio.run
+            return uvloop.run(coro)
+        return asyncio.run(coro)
 
     with tempfile.TemporaryDirectory() as tmp:
         rates = []

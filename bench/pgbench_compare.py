@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from bench.pgbouncer import PgbouncerError, running_pgbouncer
 from psycopg import sql
+
+from bench.pgbouncer import PgbouncerError, running_pgbouncer
 from tests.support.gateway import Gateway, GatewayError, build_config
 from tests.support.net import libpq_dsn
 

@@ -13,8 +13,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 def test_error_table_matches_error_classes() -> None:
     text = (DOCS / "errors.md").read_text()
     rows = {
-        m.group(1): m.group(0)
-        for m in re.finditer(r"^\| `(\w+)` \|.*$", text, flags=re.MULTILINE)
+        m.group(1): m.group(0) for m in re.finditer(r"^\| `(\w+)` \|.*$", text, flags=re.MULTILINE)
     }
     caller_visible = [
         cls

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from tests.support.gateway import Gateway, GatewayError, build_config, deep_merge
 from tests.support.net import free_port, libpq_dsn, port_open, wait_port
 from tests.support.pgcluster import PgCluster, PgServer

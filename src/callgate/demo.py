@@ -184,7 +184,7 @@ def psql(args: list[str], env: dict[str, str], input_sql: str | None = None) -> 
 
 def run_demo() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="callgate-demo-"))
-    os.chmod(workdir, 0o755)
+    os.chmod(workdir, 0o755)  # noqa: S103 - the postgres user must reach the cluster dir
     try:
         dsn = os.environ.get("CALLGATE_DEMO_DSN")
         if dsn:
@@ -311,7 +311,7 @@ def _tour(workdir: Path, upstream: Upstream) -> None:
         say(f'$ psql -h 127.0.0.1 -p {port} -d shop -c "{q}"')
         code, out = psql([*client, "-c", q], {"PGPASSWORD": key, "PGSSLMODE": "disable"})
         say(out)
-        say(f'$ psql … -c "insert into orders (customer_id, amount) values (2, 10)"')
+        say('$ psql … -c "insert into orders (customer_id, amount) values (2, 10)"')
         code, out = psql(
             [*client, "-c", "insert into orders (customer_id, amount) values (2, 10)"],
             {"PGPASSWORD": key, "PGSSLMODE": "disable"},

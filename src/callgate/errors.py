@@ -136,7 +136,7 @@ class UpstreamProtocolViolation(UpstreamError):
 
 
 class UpstreamAuthFailed(UpstreamError):
-    """callgate's own credential was refused by the upstream. Said plainly, never with the secret."""
+    """callgate's own credential was refused by the upstream (said plainly, never the secret)."""
 
     sqlstate = "08006"
     mysql_code = 2003

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,7 @@ class SessionInfo:
     started_at: float = field(default_factory=time.time)
 
 
-class Verdict(str, Enum):
+class Verdict(StrEnum):
     ALLOW = "allow"
     REVIEW = "review"
     DENY = "deny"
@@ -55,7 +55,7 @@ class SqlCommand:
     param_formats: tuple[int, ...] = ()
     #: prepared statement name (extended protocol), ``None`` for a simple Query
     statement_name: str | None = None
-    #: ``query`` (simple), ``parse``, ``execute`` (Bind+Execute of a prepared statement), ``copy``...
+    #: ``query`` (simple), ``execute`` (Bind+Execute of a prepared statement), ``function_call``
     op: str = "query"
 
 

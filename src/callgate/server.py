@@ -1,4 +1,4 @@
-"""``callgate serve``: build the services, run every listener, drain on SIGTERM, reload on SIGHUP."""
+"""``callgate serve``: build the services, run the listeners, drain on SIGTERM, reload on SIGHUP."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ class Gateway:
         except CallgateError as exc:
             log.error("reload refused, keeping the running config: %s", exc.message)
             return
-        self.bundle.services = self.bundle.with_config(config)
+        self.bundle.services = await self.bundle.with_config(config)
         for lst in self.listeners:
             lst.reload(self.bundle.services)
         log.info("configuration reloaded from %s", self.config_path)

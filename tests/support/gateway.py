@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 import yaml
+
 from tests.support.net import free_port, wait_port
 from tests.support.tls import CertPaths, gateway_tls_pair
 

@@ -21,6 +21,7 @@ from typing import Literal, Protocol
 
 import psycopg
 from psycopg import sql
+
 from tests.support.net import free_port, libpq_dsn
 from tests.support.tls import issue_server_cert, make_ca, write_pem_pair
 

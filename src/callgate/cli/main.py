@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from callgate.cli import certs, check, demo, keys, serve, sessions
+from callgate.cli import certs, check, demo, keys, policy, serve, sessions
 
 app = typer.Typer(
     name="callgate",
@@ -20,6 +20,7 @@ app.command("demo")(demo.demo)
 app.add_typer(certs.app, name="certs")
 app.add_typer(keys.app, name="keys")
 app.add_typer(sessions.app, name="sessions")
+app.add_typer(policy.app, name="policy")
 
 
 def main() -> None:

@@ -22,10 +22,10 @@ def serve(config: ConfigOption = DEFAULT_CONFIG) -> None:
     try:
         import uvloop
 
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover
-        runner = asyncio.run
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        pass
     try:
-        runner(run_server(config))
+        asyncio.run(run_server(config))
     except CallgateError as exc:
         fail(exc.message)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+
 from tests.conftest import GatewayFactory
 from tests.support.gateway import Gateway
 from tests.support.pgcluster import PgServer

@@ -11,6 +11,7 @@ import time
 import asyncpg
 import psycopg
 import pytest
+
 from tests.engines.postgres.conftest import Through
 
 pytestmark = pytest.mark.integration
@@ -107,9 +108,8 @@ def test_psycopg_transactions_and_notices(through: Through) -> None:
         conn.execute("listen chan")
         with psycopg.connect(through.dsn(), autocommit=True) as other:
             other.execute("notify chan, 'payload-1'")
-        gen = conn.notifies(timeout=5)
-        n = next(gen)
-        assert (n.channel, n.payload) == ("chan", "payload-1")
+        got = list(conn.notifies(timeout=5, stop_after=1))
+        assert [(n.channel, n.payload) for n in got] == [("chan", "payload-1")]
 
 
 def test_asyncpg_prepared_binary_executemany_and_timeout(through: Through) -> None:

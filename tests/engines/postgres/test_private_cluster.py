@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+
 from tests.conftest import GatewayFactory
 from tests.support.pgcluster import PgCluster
 

@@ -8,9 +8,9 @@ import time
 
 import psycopg
 import pytest
-from tests.engines.postgres.conftest import MakeThrough, Through
 
 from callgate.protocols.postgres import messages as m
+from tests.engines.postgres.conftest import MakeThrough, Through
 
 pytestmark = pytest.mark.integration
 

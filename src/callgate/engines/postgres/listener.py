@@ -94,7 +94,7 @@ class PostgresListener:
             self._server.close()
             await self._server.wait_closed()
 
-    async def drain(self, timeout: float) -> None:
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 - a deadline, not a call timeout
         """Wait for live sessions to end; after ``timeout`` end the rest."""
         await self.stop_accepting()
         if self._tasks:

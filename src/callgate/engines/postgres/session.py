@@ -7,6 +7,7 @@ forwarded in bulk and only observed (ReadyForQuery, CommandComplete, errors) for
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import ssl
@@ -148,10 +149,8 @@ class PostgresSession:
         if self.upstream is not None:
             w = self.upstream.writer
             if not w.is_closing():
-                try:
+                with contextlib.suppress(OSError, RuntimeError):
                     w.write(m.TERMINATE)
-                except (OSError, RuntimeError):
-                    pass
             w.close()
         self.client_w.close()
         if self.recorder is not None:

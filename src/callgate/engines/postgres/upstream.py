@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from dataclasses import dataclass
 
 import scramp
 
+from callgate.engines.postgres.wire import buffered, read_message
 from callgate.errors import (
     CallgateError,
     UpstreamAuthFailed,
@@ -18,7 +20,6 @@ from callgate.errors import (
 )
 from callgate.protocols.postgres import messages as m
 from callgate.protocols.postgres.auth import md5_response, sasl_mechanisms
-from callgate.engines.postgres.wire import buffered, read_message
 
 log = logging.getLogger("callgate.postgres.upstream")
 
@@ -178,7 +179,9 @@ async def _handshake(
         elif f.type == m.BackendType.NEGOTIATE_PROTOCOL_VERSION:
             continue  # the server ignores parameters it does not know; fine for us
         else:
-            raise UpstreamProtocolViolation(f"unexpected upstream message {chr(f.type)!r} at startup")
+            raise UpstreamProtocolViolation(
+                f"unexpected upstream message {chr(f.type)!r} at startup"
+            )
 
 
 def _startup_error(fields: m.ErrorFields) -> UpstreamError:
@@ -213,11 +216,13 @@ async def _authenticate(
         if code == m.AuthCode.OK:
             return
         password = target.password
-        if code in (m.AuthCode.CLEARTEXT_PASSWORD, m.AuthCode.MD5_PASSWORD, m.AuthCode.SASL):
-            if password is None:
-                raise UpstreamAuthFailed(
-                    "the upstream database asks for a password and the connection has none"
-                )
+        if (
+            code in (m.AuthCode.CLEARTEXT_PASSWORD, m.AuthCode.MD5_PASSWORD, m.AuthCode.SASL)
+            and password is None
+        ):
+            raise UpstreamAuthFailed(
+                "the upstream database asks for a password and the connection has none"
+            )
         if code == m.AuthCode.CLEARTEXT_PASSWORD:
             if not _transport_is_tls(writer):
                 log.warning("upstream asked for a cleartext password over a connection without TLS")
@@ -268,9 +273,7 @@ async def send_cancel(target: UpstreamTarget, process_id: int, secret_key: int) 
         writer.write(m.encode_cancel_request(process_id, secret_key))
         await writer.drain()
         # The server closes the connection without answering; wait briefly for that.
-        try:
+        with contextlib.suppress(TimeoutError, OSError):
             await asyncio.wait_for(reader.read(1), 2.0)
-        except (TimeoutError, OSError):
-            pass
     finally:
         writer.close()

@@ -11,9 +11,7 @@ from callgate.protocols.postgres.framing import Frame
 _HDR = struct.Struct("!cI")
 
 
-async def read_message(
-    reader: asyncio.StreamReader, *, max_size: int, upstream: bool
-) -> Frame:
+async def read_message(reader: asyncio.StreamReader, *, max_size: int, upstream: bool) -> Frame:
     """Read one typed message. EOF or a bad length is the peer's protocol error."""
     err: type[CallgateError] = UpstreamProtocolViolation if upstream else ProtocolViolation
     who = "upstream" if upstream else "client"

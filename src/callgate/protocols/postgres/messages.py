@@ -17,7 +17,7 @@ SSL_REQUEST_CODE = 80877103
 GSSENC_REQUEST_CODE = 80877104
 CANCEL_REQUEST_CODE = 80877102
 
-# Startup packets are tiny; libpq caps them at 10000 bytes (MAX_STARTUP_PACKET_LENGTH), and so do we.
+# Startup packets are tiny; libpq caps them at 10000 bytes (MAX_STARTUP_PACKET_LENGTH); so do we.
 MAX_STARTUP_PACKET = 10000
 
 

@@ -1,0 +1,116 @@
+"""What each audit event records: payload builders (pure functions, canonical JSON out).
+
+Event types: ``session.start``, ``query``, ``query.result``, ``session.end`` (in a session's chain)
+and ``auth.failure`` (outside any session). Payloads never carry a credential or a secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+
+from callgate.model import Decision, SessionInfo, SqlCommand
+from callgate.store.chain import canonical_json
+
+SESSION_START = "session.start"
+QUERY = "query"
+QUERY_RESULT = "query.result"
+SESSION_END = "session.end"
+AUTH_FAILURE = "auth.failure"
+
+JsonParam = str | dict[str, str] | None
+
+
+def render_param(value: bytes | None) -> JsonParam:
+    """A bind parameter as recorded: text if it is valid UTF-8, else ``{"base64": "..."}``.
+
+    The object form is the marker: a text parameter is always a JSON string, so the two never
+    collide. ``None`` is SQL NULL.
+    """
+    if value is None:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(value).decode("ascii")}
+
+
+def session_start(info: SessionInfo) -> str:
+    p = info.principal
+    return canonical_json(
+        {
+            "subject": p.subject,
+            "groups": sorted(p.groups),
+            "auth_method": p.method,
+            "credential_id": p.credential_id,
+            "issuer": p.issuer,
+            "expires_at": p.expires_at,
+            "connection": info.connection,
+            "protocol": info.protocol,
+            "client_addr": info.client_addr,
+            "client_user": info.client_user,
+            "application_name": info.application_name,
+            "tls": info.tls,
+        }
+    )
+
+
+def query(command: SqlCommand, decision: Decision) -> str:
+    return canonical_json(
+        {
+            "sql": command.sql,
+            "params": [render_param(v) for v in command.params],
+            "param_formats": list(command.param_formats),
+            "statement_name": command.statement_name,
+            "op": command.op,
+            "verdict": decision.verdict.value,
+            "rules": list(decision.rules),
+            "reason": decision.reason,
+        }
+    )
+
+
+def query_result(
+    seq: int,
+    *,
+    tag: str | None,
+    rows: int | None,
+    error_sqlstate: str | None,
+    error_message: str | None,
+    duration_ms: float,
+) -> str:
+    error = (
+        None
+        if error_sqlstate is None and error_message is None
+        else {"sqlstate": error_sqlstate, "message": error_message}
+    )
+    duration = float(duration_ms)
+    return canonical_json(
+        {
+            "statement_seq": seq,
+            "tag": tag,
+            "rows": rows,
+            "error": error,
+            # canonical JSON has no NaN or infinity; a broken timer must not lose the event
+            "duration_ms": round(duration, 3) if math.isfinite(duration) else None,
+        }
+    )
+
+
+def session_end(
+    reason: str, *, bytes_from_client: int, bytes_to_client: int, statements: int
+) -> str:
+    return canonical_json(
+        {
+            "reason": reason,
+            "bytes_from_client": bytes_from_client,
+            "bytes_to_client": bytes_to_client,
+            "statements": statements,
+        }
+    )
+
+
+def auth_failure(*, protocol: str, source: str, reason: str, issuer: str | None) -> str:
+    return canonical_json(
+        {"protocol": protocol, "source": source, "reason": reason, "issuer": issuer}
+    )

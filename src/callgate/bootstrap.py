@@ -1,0 +1,44 @@
+"""Builds the one :class:`~callgate.services.Services` object ``callgate serve`` runs on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from callgate.audit import AuditService
+from callgate.config import Config
+from callgate.identity import IdentityService
+from callgate.services import Services
+from callgate.store import Store, open_store_from_config
+
+
+@dataclass
+class ServiceBundle:
+    """The services of a running gateway and what must be closed when it stops."""
+
+    services: Services
+    store: Store
+    audit: AuditService
+    #: every identity service built (one per config load); closed at shutdown, since sessions
+    #: still authenticating may hold an older one
+    identities: list[IdentityService]
+
+    async def with_config(self, config: Config) -> Services:
+        """Services for a reloaded config: same store and audit, identity rebuilt from it."""
+        identity = IdentityService.from_config(config, self.store, audit=self.audit)
+        await identity.start()
+        self.identities.append(identity)
+        return Services(config=config, identity=identity, audit=self.audit)
+
+    async def close(self) -> None:
+        for identity in self.identities:
+            await identity.aclose()
+        await self.audit.close()
+
+
+async def build_services(config: Config) -> ServiceBundle:
+    store = open_store_from_config(config)
+    audit = AuditService.from_config(config, store)
+    identity = IdentityService.from_config(config, store, audit=audit)
+    await identity.start()
+    services = Services(config=config, identity=identity, audit=audit)
+    return ServiceBundle(services=services, store=store, audit=audit, identities=[identity])

@@ -1,0 +1,291 @@
+"""Per-statement policy decisions (SPEC §2): allow, review or deny a classified SQL statement.
+
+Pure: no I/O. Compile once per config (:class:`PolicyEngine`), then call :meth:`decide_sql` per
+statement. The semantics, with examples, are in docs/policy.md; in short:
+
+- every rule of every policy that applies to the caller and the connection is checked;
+- deny beats review beats allow; nothing matched is deny;
+- the allow (and review) rules that match must together cover **every** kind of the statement;
+- ``unknown`` is covered only by a rule that names it;
+- conditions that name tables, columns or functions fail closed on ambiguous names
+  (see :mod:`callgate.policy.matching`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Final
+
+from callgate.model import Decision, Principal, Verdict
+from callgate.policy.access import policies_for
+from callgate.policy.classify import Classification, merge
+from callgate.policy.matching import Candidate, GlobSet, Resolver
+
+if TYPE_CHECKING:
+    from callgate.config import ApprovalConfig, ConditionsConfig, PolicyConfig
+
+DEFAULT_SEARCH_PATH: Final[tuple[str, ...]] = ("public",)
+
+_NO_PREPARED: Final[Mapping[str, Classification]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    policy: str
+    index: int
+    action: str
+    conditions: ConditionsConfig
+    kinds: frozenset[str]
+    tables: GlobSet
+    columns: GlobSet
+    functions: GlobSet
+    #: only HTTP conditions (methods, paths): never matches a SQL statement
+    http_only: bool
+
+    @property
+    def label(self) -> str:
+        """``"functions read orders / rules[3]: deny kinds=[ddl, privilege]"``"""
+        return f"{self.policy} / rules[{self.index}]: {self.action} {self.summary('=[', ']')}"
+
+    def summary(self, open_: str = " ", close: str = "") -> str:
+        """The rule's conditions: ``kinds=[ddl, privilege] where=absent`` (label form, with
+        ``open_="=["``) or ``kinds ddl, privilege where absent`` (sentence form)."""
+        c = self.conditions
+        scalar = "=" if open_.startswith("=") else " "
+        parts: list[str] = []
+        for key, values in (
+            ("kinds", c.kinds),
+            ("tables", c.tables),
+            ("columns", c.columns),
+            ("functions", c.functions),
+            ("methods", c.methods),
+            ("paths", c.paths),
+        ):
+            if values:
+                parts.append(f"{key}{open_}{', '.join(values)}{close}")
+        if c.where is not None:
+            parts.append(f"where{scalar}{c.where}")
+        if c.locks is not None:
+            parts.append(f"locks{scalar}{str(c.locks).lower()}")
+        if c.any_parameters:
+            parts.append(f"any_parameters{scalar}true")
+        return " ".join(parts) if parts else "everything"
+
+    @property
+    def phrase(self) -> str:
+        """``"policy 'functions read orders' rule 3 (deny kinds ddl, privilege)"``"""
+        return f"policy {self.policy!r} rule {self.index} ({self.action} {self.summary()})"
+
+
+def compile_rules(policy: PolicyConfig) -> tuple[CompiledRule, ...]:
+    rules: list[CompiledRule] = []
+    for index, rule in enumerate(policy.rules):
+        c = rule.when
+        rules.append(
+            CompiledRule(
+                policy=policy.name,
+                index=index,
+                action=rule.action,
+                conditions=c,
+                kinds=frozenset(c.kinds),
+                tables=GlobSet.compile(c.tables),
+                columns=GlobSet.compile(c.columns, columns=True),
+                functions=GlobSet.compile(c.functions),
+                http_only=bool(c.methods or c.paths),
+            )
+        )
+    return tuple(rules)
+
+
+@dataclass(frozen=True, slots=True)
+class _Subject:
+    """The statement as the rules see it: every written name turned into candidates."""
+
+    c: Classification
+    tables: tuple[tuple[Candidate, ...], ...]
+    columns: tuple[tuple[Candidate, ...], ...]
+    functions: tuple[tuple[Candidate, ...], ...]
+    has_parameters: bool
+
+
+class PolicyEngine:
+    """The compiled ``policies:`` (and ``approvals:``) of one config."""
+
+    def __init__(
+        self,
+        policies: Sequence[PolicyConfig],
+        approvals: Sequence[ApprovalConfig] | None = None,
+    ) -> None:
+        self.policies: tuple[PolicyConfig, ...] = tuple(policies)
+        #: ``None``: reviews are not checked for approvers (policy tests, tools)
+        self.approvals: tuple[ApprovalConfig, ...] | None = (
+            None if approvals is None else tuple(approvals)
+        )
+        self._rules: dict[str, tuple[CompiledRule, ...]] = {
+            p.name: compile_rules(p) for p in self.policies
+        }
+        self.version: str = policy_version(self.policies, self.approvals or ())
+
+    def applicable(self, principal: Principal, connection: str) -> tuple[PolicyConfig, ...]:
+        """The policies that apply to ``principal`` on ``connection`` (as for connecting)."""
+        return policies_for(self.policies, principal, connection)
+
+    def rules_for(self, principal: Principal, connection: str) -> tuple[CompiledRule, ...]:
+        return tuple(
+            rule for p in self.applicable(principal, connection) for rule in self._rules[p.name]
+        )
+
+    def decide_sql(
+        self,
+        principal: Principal,
+        connection: str,
+        c: Classification,
+        *,
+        search_path: Sequence[str] | None = DEFAULT_SEARCH_PATH,
+        prepared: Mapping[str, Classification] = _NO_PREPARED,
+        has_parameters: bool = False,
+    ) -> Decision:
+        """Allow, review or deny the statement (or batch) ``c`` for ``principal``.
+
+        ``search_path``: the session's effective search path with ``$user`` already expanded
+        (unqualified names are judged against every schema in it); ``None`` when it is not
+        known (an earlier statement changed it): unqualified names may then be in any schema.
+        ``prepared``: the session's SQL-level prepared statements (``PREPARE``), by name, for
+        judging ``EXECUTE``.
+        """
+        c = resolve_executes(c, prepared)
+        if c.empty:
+            return Decision(Verdict.ALLOW, (), "empty statement")
+        subject = _subject(c, search_path, has_parameters)
+        rules = self.rules_for(principal, connection)
+
+        matched = [rule for rule in rules if _matches(rule, subject)]
+        denies = [r for r in matched if r.action == "deny"]
+        reviews = [r for r in matched if r.action == "review"]
+        allows = [r for r in matched if r.action == "allow"]
+        labels = tuple(r.label for r in matched)
+
+        if denies:
+            return Decision(Verdict.DENY, labels, f"denied by {denies[0].phrase}")
+        covered: set[str] = set()
+        for rule in (*allows, *reviews):
+            covered |= _covers(rule, c.kinds)
+        missing = sorted(c.kinds - covered)
+        if missing:
+            return Decision(Verdict.DENY, labels, _uncovered_reason(c, missing, matched))
+        if reviews:
+            if self.approvals is not None and not any(
+                a.applies_to(connection) for a in self.approvals
+            ):
+                return Decision(
+                    Verdict.DENY,
+                    labels,
+                    f"denied: {reviews[0].phrase} asks for review, "
+                    "but no approvers are configured for this connection",
+                )
+            return Decision(Verdict.REVIEW, labels, f"needs approval: {reviews[0].phrase}")
+        return Decision(Verdict.ALLOW, labels, f"allowed by {allows[0].phrase}")
+
+
+def _uncovered_reason(c: Classification, missing: list[str], matched: list[CompiledRule]) -> str:
+    if c.parse_error is not None:
+        return "denied: the statement could not be parsed, and no rule allows unknown statements"
+    if missing == ["unknown"]:
+        return (
+            "denied: what the statement does cannot be determined (unknown), and no rule allows it"
+        )
+    if not matched:
+        return "denied: no rule allows this statement"
+    return f"denied: no rule allows {', '.join(missing)}"
+
+
+def _covers(rule: CompiledRule, kinds: frozenset[str]) -> frozenset[str]:
+    if rule.kinds:
+        return rule.kinds & kinds
+    return kinds - {"unknown"}  # ``unknown`` is allowed only by name
+
+
+def _matches(rule: CompiledRule, s: _Subject) -> bool:
+    if rule.http_only:
+        return False
+    c = rule.conditions
+    if rule.kinds and not (rule.kinds & s.c.kinds):
+        return False
+    if c.where == "absent" and not s.c.where_absent:
+        return False
+    if c.locks is not None and c.locks != s.c.locks:
+        return False
+    if c.any_parameters and not s.has_parameters:
+        return False
+    if rule.action == "allow":
+        checks = (
+            (rule.tables, s.tables),
+            (rule.columns, s.columns),
+            (rule.functions, s.functions),
+        )
+        return all(not globs or globs.all_surely_match(items) for globs, items in checks)
+    return (
+        (not rule.tables or rule.tables.any_could_match(s.tables))
+        and (not rule.columns or rule.columns.any_could_match(s.columns))
+        and (not rule.functions or rule.functions.any_could_match(s.functions))
+    )
+
+
+def _subject(
+    c: Classification, search_path: Sequence[str] | None, has_parameters: bool
+) -> _Subject:
+    path = tuple(s.strip() for s in search_path or () if s.strip())
+    resolver = Resolver(path, path_unknown=search_path is None or c.sets_search_path)
+    return _Subject(
+        c=c,
+        tables=tuple(resolver.table(t) for t in c.tables),
+        columns=tuple(resolver.column(col) for col in c.columns),
+        functions=tuple(resolver.function(f) for f in c.functions),
+        has_parameters=has_parameters,
+    )
+
+
+def resolve_executes(c: Classification, prepared: Mapping[str, Classification]) -> Classification:
+    """``c`` with the body of every statement it EXECUTEs merged in.
+
+    A name is looked up among the batch's own PREPAREs and the session's ``prepared``; when both
+    have it, both bodies count (the order inside a batch is not tracked, so fail closed). A name
+    found nowhere makes the statement ``unknown``.
+    """
+    if not c.executes:
+        if c.statement_count and not c.kinds and c.parse_error is None:
+            return replace(c, kinds=frozenset({"unknown"}))
+        return c
+    in_batch: dict[str, list[Classification]] = {}
+    for name, body in c.prepares:
+        in_batch.setdefault(name, []).append(body)
+    parts = [c]
+    for name in c.executes:
+        bodies = list(in_batch.get(name, ()))
+        known = prepared.get(name)
+        if known is not None:
+            bodies.append(known)
+        if not bodies:
+            parts.append(Classification(kinds=frozenset({"unknown"})))
+        parts.extend(replace(b, statement_count=0, executes=()) for b in bodies)
+    resolved = replace(merge(parts), executes=())
+    if not resolved.kinds:
+        resolved = replace(resolved, kinds=frozenset({"unknown"}))
+    return resolved
+
+
+def policy_version(
+    policies: Sequence[PolicyConfig], approvals: Sequence[ApprovalConfig] = ()
+) -> str:
+    """A short, stable hash of the policy config: which rules a decision was made under."""
+    data = {
+        "policies": [p.model_dump(mode="json", by_alias=True) for p in policies],
+        "approvals": [
+            a.model_dump(mode="json", by_alias=True, exclude={"notify"}) for a in approvals
+        ],
+    }
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -1,0 +1,525 @@
+"""The SQLite backend: the embedded default (stdlib ``sqlite3``, WAL, ``synchronous=NORMAL``).
+
+Two connections: the writer thread's (every write, group-committed) and one for reads, which WAL
+lets run alongside the writer. ``synchronous=NORMAL`` in WAL mode means a commit survives a crash
+of the process but the last commits may be lost on a power failure; the write-ahead log is synced
+at checkpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from callgate.store.base import Store
+from callgate.store.chain import ChainBatch, ChainHeads
+from callgate.store.errors import StoreConflict, StoreError, StoreUnavailable
+from callgate.store.records import (
+    ApiKeyRecord,
+    AppendEvent,
+    EndSession,
+    EventRecord,
+    InsertApiKey,
+    InsertSession,
+    RevokeApiKey,
+    SessionRecord,
+    TouchApiKey,
+    WriteOp,
+)
+from callgate.store.schema import LATEST_VERSION, SQLITE_MIGRATIONS, Migration
+from callgate.store.writer import MAX_BATCH_ITEMS, GroupCommitWriter, Outcome
+
+log = logging.getLogger("callgate.store")
+
+#: Seconds a connection waits for another process's lock (e.g. a CLI command writing while the
+#: gateway runs) before the write fails as "database is locked".
+DEFAULT_BUSY_TIMEOUT = 5.0
+
+#: Seconds between two background checkpoints while the store is being written. Checkpoints copy
+#: the WAL into the database file and fsync; run by the writer they cost a third of its time.
+CHECKPOINT_INTERVAL = 1.0
+
+#: WAL length (pages; 16384 pages of 4 KiB = 64 MiB) above which the checkpointer truncates the
+#: WAL, briefly holding the writer back. Under sustained load passive checkpoints never catch up
+#: with the end of the log, and the log would otherwise grow without bound.
+WAL_TRUNCATE_PAGES = 16384
+
+_ONE_NONE: tuple[object, ...] = (None,)
+
+_INSERT_EVENT = (
+    "INSERT INTO events (session_id, seq, ts, type, payload, prev_hash, hash)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_SESSION = (
+    "INSERT INTO sessions (id, subject, groups, auth_method, credential_id, issuer, connection,"
+    " protocol, client_addr, client_user, application_name, tls, started_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_END_SESSION = (
+    "UPDATE sessions SET ended_at = ?, end_reason = ?, bytes_from_client = ?,"
+    " bytes_to_client = ?, statements = ? WHERE id = ?"
+)
+_INSERT_API_KEY = (
+    "INSERT INTO api_keys (name, key_id, key_hash, groups, created_at, expires_at, revoked_at,"
+    " last_used_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SESSION_COLUMNS = (
+    "id, subject, groups, auth_method, credential_id, issuer, connection, protocol, client_addr,"
+    " client_user, application_name, tls, started_at, ended_at, end_reason, bytes_from_client,"
+    " bytes_to_client, statements"
+)
+_EVENT_COLUMNS = "id, session_id, seq, ts, type, payload, prev_hash, hash"
+_API_KEY_COLUMNS = (
+    "name, key_id, key_hash, groups, created_at, expires_at, revoked_at, last_used_at, created_by"
+)
+
+
+def connect(
+    path: Path, *, busy_timeout: float, check_same_thread: bool = True
+) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit) with our pragmas."""
+    conn = sqlite3.connect(
+        path,
+        timeout=busy_timeout,
+        isolation_level=None,
+        check_same_thread=check_same_thread,
+    )
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = SQLITE_MIGRATIONS) -> int:
+    """Bring the schema to the latest version; return the version found before. Safe to race."""
+    (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+    if str(mode).lower() != "wal":
+        raise StoreUnavailable(f"cannot use WAL journal mode on this database (got {mode!r})")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at REAL NOT NULL)"
+        )
+        (current,) = conn.execute(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
+        ).fetchone()
+        latest = migrations[-1].version if migrations else 0
+        if current > latest:
+            raise StoreError(
+                f"the store's schema version {current} is newer than this callgate ({latest});"
+                " upgrade callgate"
+            )
+        for migration in migrations:
+            if migration.version <= current:
+                continue
+            for statement in migration.statements:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.description, time.time()),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+    return int(current)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back if a transaction is open; a failing rollback must not hide the first error."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.debug("rollback failed", exc_info=True)
+
+
+def _groups(text: str) -> tuple[str, ...]:
+    value = json.loads(text)
+    return tuple(str(g) for g in value) if isinstance(value, list) else ()
+
+
+def _dump_groups(groups: Sequence[str]) -> str:
+    return json.dumps(list(groups), separators=(",", ":"))
+
+
+class _Checkpointer:
+    """Runs WAL checkpoints on its own thread and connection, off the writer's commit path.
+
+    ``sqlite3`` releases the GIL while SQLite works, so the copy and fsync use another core.
+    """
+
+    def __init__(self, path: Path, busy_timeout: float) -> None:
+        self._path = path
+        self._busy_timeout = busy_timeout
+        self.dirty = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="callgate-store-checkpoint", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            conn = connect(self._path, busy_timeout=self._busy_timeout)
+        except sqlite3.Error:
+            log.warning("cannot open %s for checkpoints; the WAL will grow", self._path)
+            return
+        try:
+            while not self._stop.wait(CHECKPOINT_INTERVAL):
+                self.checkpoint(conn)
+            self.checkpoint(conn)
+        finally:
+            conn.close()
+
+    def checkpoint(self, conn: sqlite3.Connection) -> None:
+        if not self.dirty:
+            return
+        self.dirty = False
+        try:
+            _busy, wal_pages, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if wal_pages > WAL_TRUNCATE_PAGES:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            self.dirty = True
+            log.debug("checkpoint of %s failed: %s", self._path, exc)
+
+
+class _SqliteSink:
+    """The writer thread's side: applies batches of write operations in one transaction."""
+
+    def __init__(self, path: Path, busy_timeout: float, checkpointer: _Checkpointer) -> None:
+        self._path = path
+        self._busy_timeout = busy_timeout
+        self._checkpointer = checkpointer
+        self._conn: sqlite3.Connection | None = None
+        self._file_id: tuple[int, int] | None = None
+        self._heads = ChainHeads()
+
+    def open(self) -> None:
+        self._conn = connect(self._path, busy_timeout=self._busy_timeout)
+        # The checkpointer thread does this work (see _Checkpointer).
+        self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self._file_id = self._identity()
+        row = self._conn.execute(
+            "SELECT seq, hash FROM events WHERE session_id IS NULL ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        if row is not None:
+            self._heads = ChainHeads([(None, int(row[0]), str(row[1]))])
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _identity(self) -> tuple[int, int]:
+        st = os.stat(self._path)
+        return st.st_dev, st.st_ino
+
+    def _check_file(self) -> None:
+        """SQLite keeps writing to a database file that was deleted or replaced (it holds the open
+        descriptor), which would silently lose every later event: refuse instead."""
+        try:
+            same = self._identity() == self._file_id
+        except OSError:
+            raise StoreUnavailable(f"store write failed: {self._path} was removed") from None
+        if not same:
+            raise StoreUnavailable(f"store write failed: {self._path} was replaced")
+
+    def write(self, batch: Sequence[Sequence[WriteOp]]) -> list[Outcome]:
+        try:
+            self._check_file()
+            return list(self._transaction(batch))
+        except StoreUnavailable as exc:
+            return [exc] * len(batch)
+        except sqlite3.IntegrityError as exc:
+            if len(batch) == 1:
+                return [StoreConflict(f"store write refused: {exc}")]
+            # One item broke a constraint: isolate it so the others still commit.
+            return [self.write([item])[0] for item in batch]
+        except (sqlite3.Error, OSError) as exc:
+            error = StoreUnavailable(f"store write failed: {exc}")
+            return [error] * len(batch)
+
+    def _transaction(self, batch: Sequence[Sequence[WriteOp]]) -> list[tuple[object, ...]]:
+        conn = self._conn
+        if conn is None:
+            raise StoreUnavailable("store write failed: not open")
+        chain = self._heads.batch()
+        events: list[AppendEvent] = []
+        results: list[tuple[object, ...]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for ops in batch:
+                if len(ops) == 1 and type(ops[0]) is AppendEvent:  # the common item
+                    events.append(ops[0])
+                    results.append(_ONE_NONE)
+                else:
+                    results.append(tuple([self._apply(conn, op, chain, events) for op in ops]))
+            if events:
+                # Events are linked in queue order; other ops do not touch the events table.
+                conn.executemany(_INSERT_EVENT, chain.rows(events))
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        chain.commit()
+        self._checkpointer.dirty = True
+        return results
+
+    @staticmethod
+    def _apply(
+        conn: sqlite3.Connection, op: WriteOp, chain: ChainBatch, events: list[AppendEvent]
+    ) -> object:
+        if type(op) is AppendEvent:
+            events.append(op)
+            return None
+        if isinstance(op, InsertSession):
+            r = op.record
+            conn.execute(
+                _INSERT_SESSION,
+                (
+                    r.id,
+                    r.subject,
+                    _dump_groups(r.groups),
+                    r.auth_method,
+                    r.credential_id,
+                    r.issuer,
+                    r.connection,
+                    r.protocol,
+                    r.client_addr,
+                    r.client_user,
+                    r.application_name,
+                    int(r.tls),
+                    r.started_at,
+                ),
+            )
+            return None
+        if isinstance(op, EndSession):
+            chain.close(op.session_id)
+            conn.execute(
+                _END_SESSION,
+                (
+                    op.ended_at,
+                    op.end_reason,
+                    op.bytes_from_client,
+                    op.bytes_to_client,
+                    op.statements,
+                    op.session_id,
+                ),
+            )
+            return None
+        if isinstance(op, InsertApiKey):
+            k = op.record
+            conn.execute(
+                _INSERT_API_KEY,
+                (
+                    k.name,
+                    k.key_id,
+                    k.key_hash,
+                    _dump_groups(k.groups),
+                    k.created_at,
+                    k.expires_at,
+                    k.revoked_at,
+                    k.last_used_at,
+                    k.created_by,
+                ),
+            )
+            return None
+        if isinstance(op, RevokeApiKey):
+            cur = conn.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                (op.revoked_at, op.name),
+            )
+            return cur.rowcount > 0
+        if isinstance(op, TouchApiKey):
+            conn.execute(
+                "UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?)"
+                " WHERE name = ?",
+                (op.last_used_at, op.name),
+            )
+            return None
+        raise TypeError(f"unknown write operation {type(op).__name__}")
+
+
+class SqliteStore(Store):
+    """A SQLite store at ``path``; migrates the schema and starts the writer on construction."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        max_batch: int = MAX_BATCH_ITEMS,
+    ) -> None:
+        self._path = Path(path)
+        if not self._path.parent.is_dir():
+            raise StoreUnavailable(f"store directory {self._path.parent} does not exist")
+        self._create_private()
+        try:
+            self._reader = connect(self._path, busy_timeout=busy_timeout, check_same_thread=False)
+            migrate(self._reader)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open store {self._path}: {exc}") from exc
+        self._read_lock = threading.Lock()
+        self._checkpointer = _Checkpointer(self._path, busy_timeout)
+        sink = _SqliteSink(self._path, busy_timeout, self._checkpointer)
+        self._writer = GroupCommitWriter(sink, max_batch=max_batch)
+        try:
+            self._writer.start()
+        except (sqlite3.Error, OSError) as exc:
+            self._reader.close()
+            raise StoreUnavailable(f"cannot open store {self._path}: {exc}") from exc
+        self._checkpointer.start()
+        self._closed = False
+
+    def _create_private(self) -> None:
+        """Create the database file readable by its owner only (it holds the audit trail); SQLite
+        gives the -wal and -shm files the database file's permissions."""
+        try:
+            fd = os.open(self._path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            return
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot create store {self._path}: {exc.strerror}") from exc
+        os.close(fd)
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def url(self) -> str:
+        return f"sqlite:///{self._path}"
+
+    @property
+    def healthy(self) -> bool:
+        return self._writer.healthy
+
+    @property
+    def schema_version(self) -> int:
+        return LATEST_VERSION
+
+    @property
+    def write_batches(self) -> int:
+        """Group commits so far (for tests and metrics)."""
+        return self._writer.batches
+
+    # --- writes ---------------------------------------------------------------------------------
+
+    def submit(self, ops: Sequence[WriteOp]) -> None:
+        self._writer.put(ops, None)
+
+    async def commit(self, ops: Sequence[WriteOp]) -> tuple[object, ...]:
+        waiter: asyncio.Future[tuple[object, ...]] = asyncio.get_running_loop().create_future()
+        self._writer.put(ops, waiter)
+        return await waiter
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    def _rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        try:
+            with self._read_lock:
+                return self._reader.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"store read failed: {exc}") from exc
+
+    @staticmethod
+    def _session(row: tuple[Any, ...]) -> SessionRecord:
+        return SessionRecord(
+            id=row[0],
+            subject=row[1],
+            groups=_groups(row[2]),
+            auth_method=row[3],
+            credential_id=row[4],
+            issuer=row[5],
+            connection=row[6],
+            protocol=row[7],
+            client_addr=row[8],
+            client_user=row[9],
+            application_name=row[10],
+            tls=bool(row[11]),
+            started_at=row[12],
+            ended_at=row[13],
+            end_reason=row[14],
+            bytes_from_client=row[15],
+            bytes_to_client=row[16],
+            statements=row[17],
+        )
+
+    @staticmethod
+    def _api_key(row: tuple[Any, ...]) -> ApiKeyRecord:
+        return ApiKeyRecord(
+            name=row[0],
+            key_id=row[1],
+            key_hash=row[2],
+            groups=_groups(row[3]),
+            created_at=row[4],
+            expires_at=row[5],
+            revoked_at=row[6],
+            last_used_at=row[7],
+            created_by=row[8],
+        )
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        rows = self._rows(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,))
+        return self._session(rows[0]) if rows else None
+
+    async def list_sessions(self, *, limit: int = 100) -> list[SessionRecord]:
+        rows = self._rows(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions ORDER BY started_at DESC, id LIMIT ?",
+            (limit,),
+        )
+        return [self._session(r) for r in rows]
+
+    async def session_events(self, session_id: str | None) -> list[EventRecord]:
+        if session_id is None:
+            rows = self._rows(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE session_id IS NULL ORDER BY seq"
+            )
+        else:
+            rows = self._rows(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE session_id = ? ORDER BY seq",
+                (session_id,),
+            )
+        return [EventRecord(*r) for r in rows]
+
+    async def api_key_by_hash(self, key_hash: str) -> ApiKeyRecord | None:
+        rows = self._rows(
+            f"SELECT {_API_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,)
+        )
+        return self._api_key(rows[0]) if rows else None
+
+    async def api_key_by_name(self, name: str) -> ApiKeyRecord | None:
+        rows = self._rows(f"SELECT {_API_KEY_COLUMNS} FROM api_keys WHERE name = ?", (name,))
+        return self._api_key(rows[0]) if rows else None
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        rows = self._rows(f"SELECT {_API_KEY_COLUMNS} FROM api_keys ORDER BY name")
+        return [self._api_key(r) for r in rows]
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.to_thread(self._writer.stop)
+        await asyncio.to_thread(self._checkpointer.stop)
+        with self._read_lock:
+            self._reader.close()

@@ -1,0 +1,190 @@
+"""The writer thread: one connection, group commit, asyncio waiters woken once per loop per batch.
+
+Callers on any event loop put ``(ops, future)`` items on a queue. The thread takes everything
+queued, hands it to the backend's :class:`BatchSink` as one transaction, and then, for each event
+loop that has waiters in the batch, schedules one callback that settles all of that loop's futures.
+Concurrent sessions therefore share one commit, and a caller waits only for the commit that carries
+its own operations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+from callgate.store.errors import StoreClosed, StoreError, StoreUnavailable
+from callgate.store.records import WriteOp
+
+log = logging.getLogger("callgate.store")
+
+#: Items per transaction at most. Bounds how long the first waiter of a large burst waits for the
+#: commit (and the size of one rollback); at ~5 µs per event this is a few tens of milliseconds.
+MAX_BATCH_ITEMS = 5000
+
+#: Seconds between two warnings about failed un-awaited writes, so a dead disk does not flood logs.
+FAILURE_LOG_INTERVAL = 10.0
+
+Outcome = tuple[object, ...] | StoreError
+Waiter = asyncio.Future[tuple[object, ...]]
+_Item = tuple[Sequence[WriteOp], Waiter | None]
+
+
+class BatchSink(Protocol):
+    """What a backend gives the writer. Every method is called on the writer thread."""
+
+    def open(self) -> None: ...
+
+    def write(self, batch: Sequence[Sequence[WriteOp]]) -> list[Outcome]:
+        """Apply the items in one transaction if possible; one outcome per item, never raises."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _settle(pairs: list[tuple[Waiter, Outcome]]) -> None:
+    """Runs on the waiters' event loop."""
+    for future, outcome in pairs:
+        if future.done():  # the waiting task was cancelled
+            continue
+        if isinstance(outcome, StoreError):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
+def _wake(by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Waiter, Outcome]]]) -> None:
+    """One thread-safe callback per event loop, however many waiters it has in the batch."""
+    for loop, pairs in by_loop.items():
+        # A closed loop raises RuntimeError: nobody is waiting there any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle, pairs)
+
+
+class GroupCommitWriter:
+    def __init__(
+        self,
+        sink: BatchSink,
+        *,
+        name: str = "callgate-store-writer",
+        max_batch: int = MAX_BATCH_ITEMS,
+    ) -> None:
+        self._sink = sink
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._closed = False
+        self._healthy = True
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._started = threading.Event()
+        self._open_error: BaseException | None = None
+        self._lost = 0
+        self._last_warning = -FAILURE_LOG_INTERVAL
+        self._batches = 0
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    @property
+    def batches(self) -> int:
+        """Batches handed to the sink so far (one transaction each unless one was isolated)."""
+        return self._batches
+
+    def start(self) -> None:
+        """Start the thread and wait until the backend connection is open (or raise its error)."""
+        self._thread.start()
+        self._started.wait()
+        if self._open_error is not None:
+            self._thread.join()
+            raise self._open_error
+
+    def put(self, ops: Sequence[WriteOp], waiter: Waiter | None) -> None:
+        if self._closed:
+            raise StoreClosed()
+        self._queue.put((ops, waiter))
+
+    def stop(self) -> None:
+        """Write what is queued, then stop. Blocks until the thread has ended. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+        if self._thread.is_alive():
+            self._thread.join()
+
+    # --- the thread -----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._sink.open()
+        except BaseException as exc:
+            self._open_error = exc
+            self._started.set()
+            return
+        self._started.set()
+        get, get_nowait = self._queue.get, self._queue.get_nowait
+        stopping = False
+        try:
+            while not stopping:
+                first = get()
+                if first is None:
+                    break
+                batch = [first]
+                try:
+                    while len(batch) < self._max_batch:
+                        item = get_nowait()
+                        if item is None:
+                            stopping = True
+                            break
+                        batch.append(item)
+                except queue.Empty:
+                    pass
+                self._write(batch)
+        finally:
+            self._fail_leftovers()
+            self._sink.close()
+
+    def _write(self, batch: list[_Item]) -> None:
+        try:
+            outcomes = self._sink.write([ops for ops, _ in batch])
+        except Exception:
+            # A bug, not a store condition; the thread must live on, or every waiter hangs.
+            log.exception("store writer: unexpected error; failing %d write(s)", len(batch))
+            error = StoreUnavailable("store write failed: internal error (see the gateway log)")
+            outcomes = [error] * len(batch)
+        self._batches += 1
+        unavailable = False
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Waiter, Outcome]]] = {}
+        for (_, waiter), outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, StoreError):
+                unavailable = unavailable or isinstance(outcome, StoreUnavailable)
+                if waiter is None:
+                    self._note_lost(outcome)
+            if waiter is not None:
+                by_loop.setdefault(waiter.get_loop(), []).append((waiter, outcome))
+        self._healthy = not unavailable
+        _wake(by_loop)
+
+    def _note_lost(self, error: StoreError) -> None:
+        self._lost += 1
+        now = time.monotonic()
+        if now - self._last_warning >= FAILURE_LOG_INTERVAL:
+            log.warning("store write failed, %d queued write(s) lost: %s", self._lost, error)
+            self._lost = 0
+            self._last_warning = now
+
+    def _fail_leftovers(self) -> None:
+        """Items queued after the stop marker (a race with :meth:`stop`) fail instead of hanging."""
+        pairs: dict[asyncio.AbstractEventLoop, list[tuple[Waiter, Outcome]]] = {}
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None and item[1] is not None:
+                pairs.setdefault(item[1].get_loop(), []).append((item[1], StoreClosed()))
+        _wake(pairs)
