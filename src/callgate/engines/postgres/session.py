@@ -145,7 +145,10 @@ class PostgresSession:
     async def _finish(self, reason: str) -> None:
         self.listener.forget(self)
         if self.tracker is not None:
-            self.tracker.abandon(f"session ended: {reason}")
+            try:
+                self.tracker.abandon(f"session ended: {reason}")
+            except Exception:  # recording the end below matters more
+                log.exception("session %s: could not record statements in flight", self.id)
         if self.upstream is not None:
             w = self.upstream.writer
             if not w.is_closing():

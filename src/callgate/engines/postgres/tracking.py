@@ -154,7 +154,7 @@ class StatementTracker:
         """The session ended with statements in flight: record them as interrupted."""
         while self._units:
             unit = self._units.popleft()
-            for p in unit.pendings:
+            for p in list(unit.pendings):
                 if not p.done:
                     if p.error is None:
                         p.error = ("", reason)
