@@ -8,6 +8,7 @@ from callgate.audit import AuditService
 from callgate.config import Config
 from callgate.identity import IdentityService
 from callgate.services import Services
+from callgate.policy.engine import PolicyEngine
 from callgate.store import Store, open_store_from_config
 
 
@@ -27,7 +28,9 @@ class ServiceBundle:
         identity = IdentityService.from_config(config, self.store, audit=self.audit)
         await identity.start()
         self.identities.append(identity)
-        return Services(config=config, identity=identity, audit=self.audit)
+        return Services(
+            config=config, identity=identity, audit=self.audit, policy=policy_engine(config)
+        )
 
     async def close(self) -> None:
         for identity in self.identities:
@@ -40,5 +43,9 @@ async def build_services(config: Config) -> ServiceBundle:
     audit = AuditService.from_config(config, store)
     identity = IdentityService.from_config(config, store, audit=audit)
     await identity.start()
-    services = Services(config=config, identity=identity, audit=audit)
+    services = Services(config=config, identity=identity, audit=audit, policy=policy_engine(config))
     return ServiceBundle(services=services, store=store, audit=audit, identities=[identity])
+
+
+def policy_engine(config: Config) -> PolicyEngine:
+    return PolicyEngine(config.policies, config.approvals)

@@ -14,6 +14,7 @@ from callgate.model import Decision, Principal, SessionInfo, SqlCommand
 
 if TYPE_CHECKING:
     from callgate.config import Config
+    from callgate.policy.engine import PolicyEngine
 
 
 class SessionRecorder(Protocol):
@@ -74,4 +75,6 @@ class Services:
     config: Config
     identity: IdentityService
     audit: AuditService
+    #: statement-level policy; swapped as a whole on reload (sessions read it per statement)
+    policy: PolicyEngine
     clock: Clock = field(default=__import__("time").time)

@@ -138,6 +138,14 @@ class PolicyEngine:
             rule for p in self.applicable(principal, connection) for rule in self._rules[p.name]
         )
 
+    def needs_search_path(self, principal: Principal, connection: str) -> bool:
+        """True when some rule for this caller names tables or columns, so unqualified names in
+        its statements must be resolved against the session's real search path."""
+        return any(
+            r.conditions.tables or r.conditions.columns
+            for r in self.rules_for(principal, connection)
+        )
+
     def decide_sql(
         self,
         principal: Principal,

@@ -146,3 +146,16 @@ def test_large_inspected_message_accumulates() -> None:
     for i in range(0, len(msg), 1000):
         got += o.feed(msg[i : i + 1000])
     assert len(got) == 1 and m.decode_command_complete(got[0].body) == tag
+
+
+@settings(max_examples=200)
+@given(st.lists(backend_msgs, max_size=10), st.lists(st.integers(min_value=0), max_size=6))
+def test_positions_point_at_the_frames(msgs: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(msgs)
+    o = observer()
+    seen: list[tuple[Frame, int, int]] = []
+    for chunk in splits(stream, cuts):
+        seen += o.feed_positions(chunk)
+        assert o.consumed - o.pending_bytes >= (seen[-1][2] if seen else 0)
+    for f, start, end in seen:
+        assert stream[start:end] == m.frame(f.type, f.body)

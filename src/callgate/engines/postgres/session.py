@@ -20,6 +20,7 @@ from callgate.engines.postgres import upstream as up
 from callgate.engines.postgres.tracking import StatementTracker
 from callgate.engines.postgres.wire import buffered, read_message
 from callgate.errors import (
+    AuditUnavailable,
     AuthenticationFailed,
     CallgateError,
     ConnectRefused,
@@ -27,12 +28,22 @@ from callgate.errors import (
     PlaintextRefused,
     ProtocolViolation,
     SessionTerminated,
+    StatementDenied,
     UnknownConnection,
     UpstreamProtocolViolation,
     UpstreamUnavailable,
 )
-from callgate.model import ALLOW_ALL, Decision, Principal, SessionInfo, SqlCommand
+from callgate.model import ALLOW_ALL, Decision, Principal, SessionInfo, SqlCommand, Verdict
+from callgate.engines.postgres.refusal import (
+    ResponseRewriter,
+    error_frame,
+    new_nonce,
+    stand_in_parse,
+    stand_in_query,
+)
 from callgate.policy.access import may_connect
+from callgate.policy.classify import Classification, classify, unknown
+from callgate.policy.engine import DEFAULT_SEARCH_PATH
 from callgate.protocols.postgres import messages as m
 from callgate.protocols.postgres.framing import BackendObserver, Frame, FrontendReader, Passthrough
 from callgate.services import Services, SessionRecorder
@@ -68,10 +79,26 @@ _EXTENDED = frozenset(
 
 
 @dataclass(frozen=True, slots=True)
+class _Prepared:
+    sql: str
+    classification: Classification
+
+
+@dataclass(frozen=True, slots=True)
 class _Portal:
     sql: str
     statement: str
     bind: m.Bind
+    classification: Classification
+
+
+def _refusal(decision: Decision) -> StatementDenied:
+    if decision.verdict is Verdict.REVIEW:
+        return StatementDenied(
+            f"statement needs approval: {decision.reason}",
+            hint="no approval channel is configured for this connection",
+        )
+    return StatementDenied(decision.reason or "denied by policy")
 
 
 class PostgresSession:
@@ -107,8 +134,14 @@ class PostgresSession:
         limits = services.config.gateway.limits
         self.max_frame = limits.max_message_bytes
         self.max_decoded = limits.max_decoded_bytes
-        self._prepared: dict[str, str] = {}
+        self._prepared: dict[str, _Prepared] = {}
         self._portals: dict[str, _Portal] = {}
+        self._sql_prepared: dict[str, Classification] = {}
+        self._absorbing = False
+        self._rewriter: ResponseRewriter | None = None
+        self.connection: str | None = None
+        #: the upstream session's search path ($user expanded); None when unknown
+        self.search_path: tuple[str, ...] | None = DEFAULT_SEARCH_PATH
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -286,6 +319,16 @@ class PostgresSession:
         self.target = _target(conn, self.listener.upstream_ssl_context(conn))
         self.upstream = await up.connect(self.target, startup.parameters)
 
+        self.connection = conn.name
+        if self.listener.services.policy.needs_search_path(principal, conn.name):
+            self.search_path = await up.learn_search_path(self.upstream)
+        self._observer = BackendObserver(
+            _OBSERVED,
+            known=m.BACKEND_TYPES,
+            max_frame=self.max_frame,
+            max_decoded=self.max_decoded,
+        )
+        self._rewriter = ResponseRewriter(self._observer)
         self.cancel_key = self.listener.register(self)
         out = bytearray(m.AUTH_OK)
         for name, value in self.upstream.parameters:
@@ -329,13 +372,59 @@ class PostgresSession:
                 raise exc
         return str(next(iter(done)).result())
 
-    def _decide(self, command: SqlCommand) -> Decision:
-        # Statement-level policy arrives with its own issue; connecting was already checked.
-        return ALLOW_ALL
+    # --- decisions ----------------------------------------------------------------------------
 
-    async def _record(self, command: SqlCommand) -> int:
+    def _decide(self, c: Classification, *, has_parameters: bool) -> Decision:
+        # The listener holds the current services: a reloaded policy applies from the next
+        # statement of every live session (the connection itself keeps its config).
+        assert self.principal is not None and self.connection is not None
+        policy = self.listener.services.policy
+        return policy.decide_sql(
+            self.principal,
+            self.connection,
+            c,
+            search_path=self.search_path,
+            prepared=self._sql_prepared,
+            has_parameters=has_parameters,
+        )
+
+    async def _record(self, command: SqlCommand, decision: Decision) -> int | CallgateError:
+        """Record the statement; the error to answer with when it must not be forwarded."""
         assert self.recorder is not None
-        return await self.recorder.statement(command, self._decide(command))
+        try:
+            seq = await self.recorder.statement(command, decision)
+        except AuditUnavailable as exc:
+            return exc
+        if decision.verdict is Verdict.ALLOW:
+            return seq
+        return _refusal(decision)
+
+    def _after_allowed(self, c: Classification) -> None:
+        """Session state the policy needs: SQL-level prepared statements, the search path."""
+        for name in c.deallocates:
+            if name == "*":
+                self._sql_prepared.clear()
+            else:
+                self._sql_prepared.pop(name, None)
+        for name, body in c.prepares:
+            self._sql_prepared[name] = body
+        if c.sets_search_path:
+            self.search_path = None  # unknown from here on: unqualified names may be anywhere
+
+    def _refuse(self, out: bytearray, exc: CallgateError, *, extended: bool, name: str) -> None:
+        """Send the stand-in for a refused statement and expect its answer (see refusal.py)."""
+        assert self.tracker is not None and self._rewriter is not None
+        nonce = new_nonce()
+        if extended:
+            out += stand_in_parse(nonce, name)
+            self.tracker.extended()
+            self._absorbing = True
+        else:
+            out += stand_in_query(nonce)
+        self._rewriter.arm(nonce, error_frame(exc), self.tracker.ready_expected())
+        log.info("session %s: refused (%s): %s", self.id, exc.sqlstate, exc.message)
+
+    # --- relay: client → upstream ------------------------------------------------------------
 
     async def _client_pump(self) -> str:
         assert self.upstream is not None and self.tracker is not None
@@ -360,27 +449,30 @@ class PostgresSession:
                     out += item.data
                     continue
                 t = item.type
+                if self._absorbing:
+                    # After a refused extended message the server skips to Sync (its stand-in
+                    # failed); we do the same, so nothing of the refused statement is sent.
+                    if t == m.FrontendType.SYNC:
+                        self._absorbing = False
+                    elif t != m.FrontendType.FLUSH:
+                        continue
                 if t == m.FrontendType.QUERY:
-                    q = m.decode_query(item.body)
-                    seq = await self._record(SqlCommand(q.sql, op="query"))
-                    tracker.simple(seq)
+                    await self._on_query(m.decode_query(item.body).sql, out)
+                    continue
+                if t == m.FrontendType.PARSE:
+                    if not await self._on_parse(m.decode_parse(item.body), item, out):
+                        continue
                 elif t == m.FrontendType.EXECUTE:
-                    seq = await self._record(self._execute_command(m.decode_execute(item.body)))
-                    tracker.execute(seq)
+                    await self._on_execute(m.decode_execute(item.body), item, out)
+                    continue
                 elif t in _EXTENDED:
                     self._track_extended(item)
                     tracker.extended()
                 elif t == m.FrontendType.SYNC:
                     tracker.sync()
                 elif t == m.FrontendType.FUNCTION_CALL:
-                    fc = m.decode_function_call(item.body)
-                    cmd = SqlCommand(
-                        f"-- fastpath function call, oid {fc.function_oid}",
-                        params=fc.args,
-                        param_formats=fc.arg_formats,
-                        op="function_call",
-                    )
-                    tracker.simple(await self._record(cmd))
+                    await self._on_function_call(m.decode_function_call(item.body), item, out)
+                    continue
                 elif t == m.FrontendType.TERMINATE:
                     terminate = True
                 elif t == m.FrontendType.PASSWORD:
@@ -394,15 +486,100 @@ class PostgresSession:
             if terminate:
                 return "client terminated the session"
 
+    async def _on_query(self, sql: str, out: bytearray) -> None:
+        assert self.tracker is not None
+        c = classify(sql)
+        decision = self._decide(c, has_parameters=False)
+        result = await self._record(SqlCommand(sql, op="query"), decision)
+        if isinstance(result, CallgateError):
+            self.tracker.simple(None)
+            self._refuse(out, result, extended=False, name="")
+            return
+        self._after_allowed(c)
+        self.tracker.simple(result)
+        out += m.encode_query(sql)
+
+    async def _on_parse(self, p: m.Parse, item: Frame, out: bytearray) -> bool:
+        """Judge a Parse; True when it is forwarded as it is."""
+        c = classify(p.sql)
+        decision = self._decide(c, has_parameters=bool(p.param_types))
+        if decision.verdict is Verdict.ALLOW:
+            self._prepared[p.name] = _Prepared(p.sql, c)
+            assert self.tracker is not None
+            self.tracker.extended()
+            return True
+        # Recorded now: a refused Parse never reaches Execute.
+        result = await self._record(
+            SqlCommand(p.sql, statement_name=p.name or None, op="parse"), decision
+        )
+        exc = result if isinstance(result, CallgateError) else _refusal(decision)
+        self._prepared.pop(p.name, None)
+        self._refuse(out, exc, extended=True, name=p.name)
+        return False
+
+    async def _on_execute(self, e: m.Execute, item: Frame, out: bytearray) -> None:
+        assert self.tracker is not None
+        portal = self._portals.get(e.portal)
+        if portal is None:
+            # No such portal: the server answers with its own error; nothing runs.
+            cmd = SqlCommand("", op="execute")
+            seq = await self._record(cmd, ALLOW_ALL)
+            if isinstance(seq, CallgateError):
+                self._refuse(out, seq, extended=True, name=f"callgate_{new_nonce()}")
+                return
+            self.tracker.execute(seq)
+            out += m.frame(item.type, item.body)
+            return
+        b = portal.bind
+        cmd = SqlCommand(
+            portal.sql,
+            params=b.params,
+            param_formats=tuple(b.format_of(i) for i in range(len(b.params))),
+            statement_name=portal.statement or None,
+            op="execute",
+        )
+        # Judged again: the policy may have been reloaded since Parse, and a rule may look at
+        # the parameters.
+        decision = self._decide(portal.classification, has_parameters=bool(b.params))
+        result = await self._record(cmd, decision)
+        if isinstance(result, CallgateError):
+            self._refuse(out, result, extended=True, name=f"callgate_{new_nonce()}")
+            return
+        self._after_allowed(portal.classification)
+        self.tracker.execute(result)
+        out += m.frame(item.type, item.body)
+
+    async def _on_function_call(self, fc: m.FunctionCall, item: Frame, out: bytearray) -> None:
+        assert self.tracker is not None
+        # The fast path names a function by OID only; callgate cannot tell what it does, so it
+        # is judged as ``unknown`` (denied unless a rule allows unknown by name).
+        c = unknown("fastpath function call by OID")
+        decision = self._decide(c, has_parameters=bool(fc.args))
+        cmd = SqlCommand(
+            f"-- fastpath function call, oid {fc.function_oid}",
+            params=fc.args,
+            param_formats=fc.arg_formats,
+            op="function_call",
+        )
+        result = await self._record(cmd, decision)
+        if isinstance(result, CallgateError):
+            self.tracker.simple(None)
+            self._refuse(out, result, extended=False, name="")
+            return
+        self.tracker.simple(result)
+        out += m.frame(item.type, item.body)
+
     def _track_extended(self, f: Frame) -> None:
         t = f.type
-        if t == m.FrontendType.PARSE:
-            p = m.decode_parse(f.body)
-            self._prepared[p.name] = p.sql
-        elif t == m.FrontendType.BIND:
+        if t == m.FrontendType.BIND:
             b = m.decode_bind(f.body)
-            sql = self._prepared.get(b.statement, "")
-            self._portals[b.portal] = _Portal(sql, b.statement, b)
+            prepared = self._prepared.get(b.statement)
+            if prepared is not None:
+                self._portals[b.portal] = _Portal(
+                    prepared.sql, b.statement, b, prepared.classification
+                )
+            else:
+                self._portals.pop(b.portal, None)
         elif t == m.FrontendType.CLOSE:
             c = m.decode_close(f.body)
             if c.kind == "S":
@@ -412,29 +589,13 @@ class PostgresSession:
         else:
             m.decode_describe(f.body)  # validated only
 
-    def _execute_command(self, e: m.Execute) -> SqlCommand:
-        portal = self._portals.get(e.portal)
-        if portal is None:
-            # The server will answer with its own error; record what was asked.
-            return SqlCommand("", statement_name=None, op="execute")
-        b = portal.bind
-        return SqlCommand(
-            portal.sql,
-            params=b.params,
-            param_formats=tuple(b.format_of(i) for i in range(len(b.params))),
-            statement_name=portal.statement or None,
-            op="execute",
-        )
+    # --- relay: upstream → client ------------------------------------------------------------
 
     async def _upstream_pump(self) -> str:
         assert self.upstream is not None and self.tracker is not None
-        observer = BackendObserver(
-            _OBSERVED,
-            known=m.BACKEND_TYPES,
-            max_frame=self.max_frame,
-            max_decoded=self.max_decoded,
-        )
-        self._observer = observer
+        observer = self._observer
+        rewriter = self._rewriter
+        assert observer is not None and rewriter is not None
         read = self.upstream.reader.read
         client_w = self.client_w
         on_backend = self.tracker.on_backend
@@ -443,11 +604,15 @@ class PostgresSession:
             if not data:
                 raise UpstreamUnavailable("the upstream database closed the connection")
             try:
-                frames = observer.feed(data)
+                if rewriter.active:
+                    data, frames = rewriter.process(data)
+                else:
+                    frames = observer.feed(data)
             except ProtocolViolation as exc:
                 raise UpstreamProtocolViolation(f"upstream sent malformed data: {exc}") from exc
-            client_w.write(data)
-            self.bytes_out += len(data)
+            if data:
+                client_w.write(data)
+                self.bytes_out += len(data)
             for f in frames:
                 on_backend(f)
             await client_w.drain()

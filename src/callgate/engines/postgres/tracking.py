@@ -163,3 +163,7 @@ class StatementTracker:
     @property
     def in_flight(self) -> bool:
         return bool(self._units)
+
+    def ready_expected(self) -> int:
+        """ReadyForQuery messages still to come for what has been sent (an open batch counts)."""
+        return sum(1 for u in self._units if u.expects_ready)

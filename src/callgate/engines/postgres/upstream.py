@@ -277,3 +277,65 @@ async def send_cancel(target: UpstreamTarget, process_id: int, secret_key: int) 
             await asyncio.wait_for(reader.read(1), 2.0)
     finally:
         writer.close()
+
+
+async def learn_search_path(conn: UpstreamConnection) -> tuple[str, ...] | None:
+    """The upstream session's effective search path; None if unknown.
+
+    ``current_schemas(false)`` is the path as the server resolves names: ``$user`` expanded and
+    schemas that do not exist left out. Asked once at session start (PostgreSQL does not report
+    search_path changes), before the caller's first statement, so policy resolves unqualified
+    table names as the server will.
+    """
+    conn.writer.write(
+        m.encode_query(
+            "SELECT pg_catalog.current_schemas(false)::text, current_user::text"
+        )
+    )
+    await conn.writer.drain()
+    row: list[str | None] | None = None
+    failed = False
+    while True:
+        f = await read_message(conn.reader, max_size=MAX_STARTUP_MESSAGE, upstream=True)
+        if f.type == m.BackendType.DATA_ROW:
+            row = m.decode_data_row_text(f.body)
+        elif f.type == m.BackendType.ERROR_RESPONSE:
+            failed = True
+        elif f.type == m.BackendType.READY_FOR_QUERY:
+            conn.transaction_status = m.decode_ready_for_query(f.body)
+            break
+    if failed or row is None or len(row) != 2 or row[0] is None or row[1] is None:
+        return None
+    return parse_name_array(row[0])
+
+
+def parse_name_array(text: str) -> tuple[str, ...] | None:
+    """A ``name[]`` in PostgreSQL's text form (``{public,"My Schema"}``); None if malformed."""
+    if not (text.startswith("{") and text.endswith("}")):
+        return None
+    out: list[str] = []
+    body = text[1:-1]
+    i = 0
+    while i < len(body):
+        if body[i] == '"':
+            item: list[str] = []
+            i += 1
+            while i < len(body) and body[i] != '"':
+                if body[i] == "\\" and i + 1 < len(body):
+                    i += 1
+                item.append(body[i])
+                i += 1
+            if i >= len(body):
+                return None
+            out.append("".join(item))
+            i += 1
+        else:
+            end = body.find(",", i)
+            end = len(body) if end < 0 else end
+            out.append(body[i:end])
+            i = end
+        if i < len(body):
+            if body[i] != ",":
+                return None
+            i += 1
+    return tuple(out)

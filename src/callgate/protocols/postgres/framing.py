@@ -58,9 +58,21 @@ def _incomplete(pending: bytearray, more: int) -> bool:
 
 
 class BackendObserver:
-    """Finds the interesting messages in a stream that is forwarded unchanged."""
+    """Finds the interesting messages in a stream that is forwarded unchanged.
 
-    __slots__ = ("_inspect", "_known", "_max_decoded", "_max_frame", "_pending", "_skip")
+    Offsets are counted from the first byte ever fed (``consumed``), so an engine that must cut
+    or replace a message (see :meth:`feed_positions`) can map frames back to the bytes it holds.
+    """
+
+    __slots__ = (
+        "_consumed",
+        "_inspect",
+        "_known",
+        "_max_decoded",
+        "_max_frame",
+        "_pending",
+        "_skip",
+    )
 
     def __init__(
         self,
@@ -76,16 +88,35 @@ class BackendObserver:
         self._max_decoded = max_decoded
         self._pending = bytearray()  # start of an unfinished header or inspected message
         self._skip = 0  # bytes of an uninspected message body still to come
+        self._consumed = 0  # bytes fed so far
 
     @property
     def at_boundary(self) -> bool:
         """True when the bytes seen so far end exactly at a message boundary."""
         return self._skip == 0 and not self._pending
 
+    @property
+    def consumed(self) -> int:
+        return self._consumed
+
+    @property
+    def pending_bytes(self) -> int:
+        """Trailing bytes fed that belong to a header or inspected message not yet complete."""
+        return len(self._pending)
+
     def feed(self, data: bytes) -> list[Frame]:
-        out: list[Frame] = []
+        return [f for f, _, _ in self._scan(data)]
+
+    def feed_positions(self, data: bytes) -> list[tuple[Frame, int, int]]:
+        """Like :meth:`feed`, with each frame's start and end offset in the whole stream."""
+        return self._scan(data)
+
+    def _scan(self, data: bytes) -> list[tuple[Frame, int, int]]:
+        out: list[tuple[Frame, int, int]] = []
         n = len(data)
         pos = 0
+        base = self._consumed  # stream offset of data[0]
+        self._consumed += n
         if self._skip:
             if self._skip >= n:
                 self._skip -= n
@@ -97,6 +128,7 @@ class BackendObserver:
                 # A large inspected message still arriving: append, do not re-copy it each time.
                 self._pending += data[pos:]
                 return out
+            base -= len(self._pending)  # buf starts where the pending bytes started
             self._pending += data[pos:]
             buf: bytes = bytes(self._pending)
             self._pending.clear()
@@ -115,7 +147,7 @@ class BackendObserver:
                     _check_length(t, length, min(self._max_frame, self._max_decoded), self._known)
                 if end > n:
                     break
-                out.append(Frame(t, buf[pos + 5 : end]))
+                out.append((Frame(t, buf[pos + 5 : end]), base + pos, base + end))
             else:
                 if length < 4 or length - 4 > self._max_frame or t not in self._known:
                     _check_length(t, length, self._max_frame, self._known)

@@ -588,6 +588,23 @@ NO_DATA = frame(BackendType.NO_DATA)
 EMPTY_QUERY_RESPONSE = frame(BackendType.EMPTY_QUERY_RESPONSE)
 
 
+def decode_data_row_text(body: bytes) -> list[str | None]:
+    """A DataRow's values as text (for callgate's own small queries in text format)."""
+    c = Cursor(body, "DataRow")
+    n = c.int16()
+    out: list[str | None] = []
+    for _ in range(n):
+        size = c.int32()
+        if size == -1:
+            out.append(None)
+        elif size < 0:
+            raise ProtocolViolation("invalid value length in DataRow")
+        else:
+            out.append(c.raw(size).decode("utf-8", "replace"))
+    c.end()
+    return out
+
+
 def decode_negotiate_protocol(body: bytes) -> tuple[int, tuple[str, ...]]:
     c = Cursor(body, "NegotiateProtocolVersion")
     newest = c.int32()
