@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from callgate.audit import AuditService
 from callgate.config import Config
 from callgate.identity import IdentityService
-from callgate.services import Services
 from callgate.policy.engine import PolicyEngine
+from callgate.services import Services
 from callgate.store import Store, open_store_from_config
 
 

@@ -98,11 +98,9 @@ class ResponseRewriter:
                 self._ready_left -= 1
                 if self._ready_left == 0:
                     self._armed.clear()
-        limit = self._observer.consumed - self._observer.pending_bytes
-        if self._armed or limit < cursor:
-            limit = max(limit, cursor)
-        else:
-            limit = self._observer.consumed  # disarmed: nothing left to hold back
+        # While armed, hold back an unfinished message; once disarmed, nothing needs holding.
+        complete = self._observer.consumed - self._observer.pending_bytes
+        limit = max(complete, cursor) if self._armed else self._observer.consumed
         out += held[cursor - base : limit - base]
         del held[: limit - base]
         self._held_start = limit

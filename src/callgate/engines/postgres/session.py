@@ -17,6 +17,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from callgate.engines.postgres import upstream as up
+from callgate.engines.postgres.refusal import (
+    ResponseRewriter,
+    error_frame,
+    new_nonce,
+    stand_in_parse,
+    stand_in_query,
+)
 from callgate.engines.postgres.tracking import StatementTracker
 from callgate.engines.postgres.wire import buffered, read_message
 from callgate.errors import (
@@ -34,13 +41,6 @@ from callgate.errors import (
     UpstreamUnavailable,
 )
 from callgate.model import ALLOW_ALL, Decision, Principal, SessionInfo, SqlCommand, Verdict
-from callgate.engines.postgres.refusal import (
-    ResponseRewriter,
-    error_frame,
-    new_nonce,
-    stand_in_parse,
-    stand_in_query,
-)
 from callgate.policy.access import may_connect
 from callgate.policy.classify import Classification, classify, unknown
 from callgate.policy.engine import DEFAULT_SEARCH_PATH

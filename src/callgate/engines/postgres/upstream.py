@@ -288,9 +288,7 @@ async def learn_search_path(conn: UpstreamConnection) -> tuple[str, ...] | None:
     table names as the server will.
     """
     conn.writer.write(
-        m.encode_query(
-            "SELECT pg_catalog.current_schemas(false)::text, current_user::text"
-        )
+        m.encode_query("SELECT pg_catalog.current_schemas(false)::text, current_user::text")
     )
     await conn.writer.drain()
     row: list[str | None] | None = None
