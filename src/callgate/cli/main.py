@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from callgate.cli import certs, check, demo, keys, policy, serve, sessions
+from callgate.cli import certs, check, demo, keys, policy, serve, sessions, token
 
 app = typer.Typer(
     name="callgate",
@@ -21,6 +21,7 @@ app.add_typer(certs.app, name="certs")
 app.add_typer(keys.app, name="keys")
 app.add_typer(sessions.app, name="sessions")
 app.add_typer(policy.app, name="policy")
+app.add_typer(token.app, name="token")
 
 
 def main() -> None:

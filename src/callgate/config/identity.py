@@ -1,7 +1,9 @@
-"""``identity:`` — who may call: OIDC issuers, SAML IdPs, failed-attempt throttling, tokens."""
+"""``identity:`` — who may call: OIDC issuers, SAML IdPs, client certificates, failed-attempt
+throttling, tokens."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Annotated, Any, Final
 
@@ -55,6 +57,72 @@ class SAMLConfig(ConfigModel):
     groups_attribute: NonEmptyStr = "groups"
 
 
+#: what an ``identity.mtls[].subject`` template may use, and which ``match`` key provides it
+MTLS_PLACEHOLDERS: Final = {
+    "spiffe_id": "spiffe_id",
+    "trust_domain": "spiffe_id",
+    "path": "spiffe_id",
+    "cn": "subject_cn",
+}
+MTLS_PLACEHOLDER: Final = re.compile(r"\{([^{}]*)\}")
+_SPIFFE_PREFIX: Final = "spiffe://"
+
+
+class MTLSMatchConfig(ConfigModel):
+    """Which verified client certificates a rule applies to: every key given must match.
+
+    Values are case-sensitive shell globs (``*`` also matches ``/``).
+    """
+
+    #: glob on the certificate's SPIFFE ID (its one ``spiffe://`` URI SAN)
+    spiffe_id: NonEmptyStr | None = None
+    #: glob on the certificate subject's common name
+    subject_cn: NonEmptyStr | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> MTLSMatchConfig:
+        if self.spiffe_id is None and self.subject_cn is None:
+            raise path_error("", "expected spiffe_id or subject_cn (a glob)")
+        if self.spiffe_id is not None and not self.spiffe_id.startswith(_SPIFFE_PREFIX):
+            raise path_error("spiffe_id", f"expected a glob starting with {_SPIFFE_PREFIX}")
+        return self
+
+
+class MTLSRuleConfig(ConfigModel):
+    """A client certificate that matches ``match`` is the principal ``subject`` with ``groups``.
+
+    ``subject`` is fixed text or a template with ``{spiffe_id}``, ``{trust_domain}``, ``{path}``
+    (the SPIFFE ID's path without its leading ``/``) or ``{cn}``; by default ``{spiffe_id}`` when
+    the rule matches on a SPIFFE ID, else ``{cn}``.
+    """
+
+    match: MTLSMatchConfig
+    subject: NonEmptyStr | None = None
+    groups: tuple[NonEmptyStr, ...] = ()
+
+    @model_validator(mode="after")
+    def _template(self) -> MTLSRuleConfig:
+        if self.subject is None:
+            return self
+        for name in MTLS_PLACEHOLDER.findall(self.subject):
+            needs = MTLS_PLACEHOLDERS.get(name)
+            if needs is None:
+                known = ", ".join("{" + n + "}" for n in MTLS_PLACEHOLDERS)
+                raise path_error("subject", f"unknown placeholder {{{name}}}; use {known}")
+            if getattr(self.match, needs) is None:
+                raise path_error(
+                    "subject",
+                    f"{{{name}}} needs match.{needs}, so every matching certificate has it",
+                )
+        return self
+
+    @property
+    def subject_template(self) -> str:
+        if self.subject is not None:
+            return self.subject
+        return "{spiffe_id}" if self.match.spiffe_id is not None else "{cn}"
+
+
 class FailureConfig(ConfigModel):
     """Failed authentication attempts from one source within ``window``."""
 
@@ -87,6 +155,8 @@ class FailureConfig(ConfigModel):
 class IdentityConfig(ConfigModel):
     oidc: tuple[OIDCIssuerConfig, ...] = ()
     saml: tuple[SAMLConfig, ...] = ()
+    #: client certificates (mutual TLS) mapped to principals; the first matching rule applies
+    mtls: tuple[MTLSRuleConfig, ...] = ()
     failures: FailureConfig = FailureConfig()
     #: the longest lifetime a ``cgt_`` session token may be given
     session_token_max_ttl: PositiveDuration = timedelta(hours=12)

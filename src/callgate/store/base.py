@@ -8,21 +8,24 @@ and go through their own connection.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Self
 
+from callgate.store.audit_base import AuditStore
 from callgate.store.records import (
     ApiKeyRecord,
     EventRecord,
     RevokeApiKey,
+    RevokeSessionToken,
     SessionRecord,
+    SessionTokenRecord,
     WriteOp,
 )
 
 
-class Store(ABC):
+class Store(AuditStore):
     @property
     @abstractmethod
     def url(self) -> str:
@@ -60,6 +63,11 @@ class Store(ABC):
         (result,) = await self.commit((RevokeApiKey(name, revoked_at),))
         return bool(result)
 
+    async def revoke_session_token(self, token_id: str, revoked_at: float) -> bool:
+        """Revoke a live session token; ``False`` if there is none by that id (or it was)."""
+        (result,) = await self.commit((RevokeSessionToken(token_id, revoked_at),))
+        return bool(result)
+
     # --- reads ----------------------------------------------------------------------------------
 
     @abstractmethod
@@ -81,6 +89,18 @@ class Store(ABC):
 
     @abstractmethod
     async def list_api_keys(self) -> list[ApiKeyRecord]: ...
+
+    @abstractmethod
+    async def session_token_by_hash(self, token_hash: str) -> SessionTokenRecord | None: ...
+
+    @abstractmethod
+    async def session_token_by_id(self, token_id: str) -> SessionTokenRecord | None: ...
+
+    @abstractmethod
+    async def list_session_tokens(
+        self, *, live_at: float | None = None, limit: int = 1000
+    ) -> list[SessionTokenRecord]:
+        """Newest first; with ``live_at``, only tokens neither revoked nor expired at that time."""
 
     # --- lifecycle ------------------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from callgate.store.audit_records import AuditOp
+
 
 @dataclass(frozen=True, slots=True)
 class SessionRecord:
@@ -35,6 +37,9 @@ class SessionRecord:
     bytes_from_client: int = 0
     bytes_to_client: int = 0
     statements: int = 0
+    #: the gateway process (``gateway.audit.instance``) that serves the session; a gateway that
+    #: restarts closes its own sessions left open by a crash
+    gateway_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,25 @@ class ApiKeyRecord:
     revoked_at: float | None = None
     last_used_at: float | None = None
     created_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTokenRecord:
+    """One row of ``session_tokens``. ``token_hash`` is HMAC-SHA256(secret key, full token), hex.
+
+    ``id`` is the public part of the token (``cgt_<id>_…``): the handle for listing, revoking and
+    audit (:attr:`callgate.model.Principal.credential_id`).
+    """
+
+    id: str
+    token_hash: str
+    subject: str
+    groups: tuple[str, ...]
+    issuer: str | None
+    created_at: float
+    expires_at: float
+    revoked_at: float | None = None
+    last_used_at: float | None = None
 
 
 # --- write operations ----------------------------------------------------------------------------
@@ -131,4 +155,36 @@ class TouchApiKey:
     last_used_at: float
 
 
-WriteOp = InsertSession | AppendEvent | EndSession | InsertApiKey | RevokeApiKey | TouchApiKey
+@dataclass(frozen=True, slots=True)
+class InsertSessionToken:
+    record: SessionTokenRecord
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeSessionToken:
+    """Revoke a live session token. Its result is ``True`` when a live token was revoked."""
+
+    token_id: str
+    revoked_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TouchSessionToken:
+    """Record that a session token was used (at most once a minute per token)."""
+
+    token_id: str
+    last_used_at: float
+
+
+WriteOp = (
+    AuditOp
+    | InsertSession
+    | AppendEvent
+    | EndSession
+    | InsertApiKey
+    | RevokeApiKey
+    | TouchApiKey
+    | InsertSessionToken
+    | RevokeSessionToken
+    | TouchSessionToken
+)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from callgate.store.audit_records import AUDIT_OPS
 from callgate.store.base import Store
 from callgate.store.chain import ChainBatch, ChainHeads
 from callgate.store.errors import StoreConflict, StoreError, StoreUnavailable
@@ -29,12 +30,17 @@ from callgate.store.records import (
     EventRecord,
     InsertApiKey,
     InsertSession,
+    InsertSessionToken,
     RevokeApiKey,
+    RevokeSessionToken,
     SessionRecord,
+    SessionTokenRecord,
     TouchApiKey,
+    TouchSessionToken,
     WriteOp,
 )
 from callgate.store.schema import LATEST_VERSION, SQLITE_MIGRATIONS, Migration
+from callgate.store.sqlite_audit import SqliteAudit, SqliteAuditReads, TxState
 from callgate.store.writer import MAX_BATCH_ITEMS, GroupCommitWriter, Outcome
 
 log = logging.getLogger("callgate.store")
@@ -54,14 +60,10 @@ WAL_TRUNCATE_PAGES = 16384
 
 _ONE_NONE: tuple[object, ...] = (None,)
 
-_INSERT_EVENT = (
-    "INSERT INTO events (session_id, seq, ts, type, payload, prev_hash, hash)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
 _INSERT_SESSION = (
     "INSERT INTO sessions (id, subject, groups, auth_method, credential_id, issuer, connection,"
-    " protocol, client_addr, client_user, application_name, tls, started_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " protocol, client_addr, client_user, application_name, tls, started_at, gateway_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _END_SESSION = (
     "UPDATE sessions SET ended_at = ?, end_reason = ?, bytes_from_client = ?,"
@@ -71,14 +73,22 @@ _INSERT_API_KEY = (
     "INSERT INTO api_keys (name, key_id, key_hash, groups, created_at, expires_at, revoked_at,"
     " last_used_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# session tokens are "cgt" in these names (ruff takes any *_TOKEN string for a secret)
+_INSERT_CGT = (
+    "INSERT INTO session_tokens (id, token_hash, subject, groups, issuer, created_at, expires_at,"
+    " revoked_at, last_used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _SESSION_COLUMNS = (
     "id, subject, groups, auth_method, credential_id, issuer, connection, protocol, client_addr,"
     " client_user, application_name, tls, started_at, ended_at, end_reason, bytes_from_client,"
-    " bytes_to_client, statements"
+    " bytes_to_client, statements, gateway_id"
 )
 _EVENT_COLUMNS = "id, session_id, seq, ts, type, payload, prev_hash, hash"
 _API_KEY_COLUMNS = (
     "name, key_id, key_hash, groups, created_at, expires_at, revoked_at, last_used_at, created_by"
+)
+_CGT_COLUMNS = (
+    "id, token_hash, subject, groups, issuer, created_at, expires_at, revoked_at, last_used_at"
 )
 
 
@@ -210,6 +220,8 @@ class _SqliteSink:
         self._conn: sqlite3.Connection | None = None
         self._file_id: tuple[int, int] | None = None
         self._heads = ChainHeads()
+        #: checkpoints, event ids, outbox rows (callgate.store.sqlite_audit)
+        self.audit = SqliteAudit()
 
     def open(self) -> None:
         self._conn = connect(self._path, busy_timeout=self._busy_timeout)
@@ -221,6 +233,15 @@ class _SqliteSink:
         ).fetchone()
         if row is not None:
             self._heads = ChainHeads([(None, int(row[0]), str(row[1]))])
+        self.audit.open(self._conn)
+
+    def idle(self) -> None:
+        """An interval checkpoint or heartbeat that no write came along to carry."""
+        if self._conn is None or not self.audit.idle_due(time.time()):
+            return
+        outcome = self.write([()])[0]
+        if isinstance(outcome, StoreError):
+            log.debug("idle checkpoint failed: %s", outcome)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -262,7 +283,11 @@ class _SqliteSink:
             raise StoreUnavailable("store write failed: not open")
         chain = self._heads.batch()
         events: list[AppendEvent] = []
-        results: list[tuple[object, ...]] = []
+        results: list[Sequence[object]] = []
+        slow = False
+        audit = self.audit
+        tx = TxState()
+        now = time.time()
         conn.execute("BEGIN IMMEDIATE")
         try:
             for ops in batch:
@@ -270,17 +295,30 @@ class _SqliteSink:
                     events.append(ops[0])
                     results.append(_ONE_NONE)
                 else:
-                    results.append(tuple([self._apply(conn, op, chain, events) for op in ops]))
+                    slow = True
+                    item: list[object] = []
+                    for op in ops:
+                        if isinstance(op, AUDIT_OPS):
+                            item.append(audit.apply(conn, op, chain, events, tx, item))
+                        else:
+                            if isinstance(op, EndSession):
+                                tx.force("session_end")
+                            item.append(self._apply(conn, op, chain, events))
+                    # a list until COMMIT: a Checkpoint op's result (its id) is known only then
+                    results.append(item)
             if events:
                 # Events are linked in queue order; other ops do not touch the events table.
-                conn.executemany(_INSERT_EVENT, chain.rows(events))
+                audit.insert_events(conn, chain, events, now)
+            written, pending = audit.finish(conn, chain, tx, now)
             conn.execute("COMMIT")
         except BaseException:
             _rollback(conn)
+            audit.rolled_back()
             raise
         chain.commit()
+        audit.committed(len(events), written, pending, now)
         self._checkpointer.dirty = True
-        return results
+        return [tuple(r) for r in results] if slow else results  # type: ignore[return-value]
 
     @staticmethod
     def _apply(
@@ -307,6 +345,7 @@ class _SqliteSink:
                     r.application_name,
                     int(r.tls),
                     r.started_at,
+                    r.gateway_id,
                 ),
             )
             return None
@@ -354,10 +393,40 @@ class _SqliteSink:
                 (op.last_used_at, op.name),
             )
             return None
+        if isinstance(op, InsertSessionToken):
+            t = op.record
+            conn.execute(
+                _INSERT_CGT,
+                (
+                    t.id,
+                    t.token_hash,
+                    t.subject,
+                    _dump_groups(t.groups),
+                    t.issuer,
+                    t.created_at,
+                    t.expires_at,
+                    t.revoked_at,
+                    t.last_used_at,
+                ),
+            )
+            return None
+        if isinstance(op, RevokeSessionToken):
+            cur = conn.execute(
+                "UPDATE session_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (op.revoked_at, op.token_id),
+            )
+            return cur.rowcount > 0
+        if isinstance(op, TouchSessionToken):
+            conn.execute(
+                "UPDATE session_tokens SET last_used_at = MAX(COALESCE(last_used_at, 0), ?)"
+                " WHERE id = ?",
+                (op.last_used_at, op.token_id),
+            )
+            return None
         raise TypeError(f"unknown write operation {type(op).__name__}")
 
 
-class SqliteStore(Store):
+class SqliteStore(SqliteAuditReads, Store):
     """A SQLite store at ``path``; migrates the schema and starts the writer on construction."""
 
     def __init__(
@@ -379,6 +448,7 @@ class SqliteStore(Store):
         self._read_lock = threading.Lock()
         self._checkpointer = _Checkpointer(self._path, busy_timeout)
         sink = _SqliteSink(self._path, busy_timeout, self._checkpointer)
+        self.audit_state = sink.audit
         self._writer = GroupCommitWriter(sink, max_batch=max_batch)
         try:
             self._writer.start()
@@ -460,6 +530,7 @@ class SqliteStore(Store):
             bytes_from_client=row[15],
             bytes_to_client=row[16],
             statements=row[17],
+            gateway_id=row[18],
         )
 
     @staticmethod
@@ -474,6 +545,20 @@ class SqliteStore(Store):
             revoked_at=row[6],
             last_used_at=row[7],
             created_by=row[8],
+        )
+
+    @staticmethod
+    def _session_token(row: tuple[Any, ...]) -> SessionTokenRecord:
+        return SessionTokenRecord(
+            id=row[0],
+            token_hash=row[1],
+            subject=row[2],
+            groups=_groups(row[3]),
+            issuer=row[4],
+            created_at=row[5],
+            expires_at=row[6],
+            revoked_at=row[7],
+            last_used_at=row[8],
         )
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
@@ -512,6 +597,34 @@ class SqliteStore(Store):
     async def list_api_keys(self) -> list[ApiKeyRecord]:
         rows = self._rows(f"SELECT {_API_KEY_COLUMNS} FROM api_keys ORDER BY name")
         return [self._api_key(r) for r in rows]
+
+    async def session_token_by_hash(self, token_hash: str) -> SessionTokenRecord | None:
+        rows = self._rows(
+            f"SELECT {_CGT_COLUMNS} FROM session_tokens WHERE token_hash = ?",
+            (token_hash,),
+        )
+        return self._session_token(rows[0]) if rows else None
+
+    async def session_token_by_id(self, token_id: str) -> SessionTokenRecord | None:
+        rows = self._rows(f"SELECT {_CGT_COLUMNS} FROM session_tokens WHERE id = ?", (token_id,))
+        return self._session_token(rows[0]) if rows else None
+
+    async def list_session_tokens(
+        self, *, live_at: float | None = None, limit: int = 1000
+    ) -> list[SessionTokenRecord]:
+        if live_at is None:
+            rows = self._rows(
+                f"SELECT {_CGT_COLUMNS} FROM session_tokens ORDER BY created_at DESC, id LIMIT ?",
+                (limit,),
+            )
+        else:
+            rows = self._rows(
+                f"SELECT {_CGT_COLUMNS} FROM session_tokens"
+                " WHERE revoked_at IS NULL AND expires_at > ?"
+                " ORDER BY created_at DESC, id LIMIT ?",
+                (live_at, limit),
+            )
+        return [self._session_token(r) for r in rows]
 
     # --- lifecycle ------------------------------------------------------------------------------
 

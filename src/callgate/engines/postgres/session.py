@@ -60,6 +60,9 @@ STARTUP_TIMEOUT = 60.0
 #: Bytes read from a socket at a time. Larger reads from the upstream keep result sets in bulk.
 CLIENT_READ = 64 * 1024
 UPSTREAM_READ = 256 * 1024
+#: How often a live session re-checks that its credential still holds (revocation); expiry is
+#: also acted on at the exact moment it comes. The issue's bound is 60 s.
+CREDENTIAL_CHECK_INTERVAL = 10.0
 #: Time to flush a final error to a client that may not be reading any more.
 FINAL_WRITE_TIMEOUT = 2.0
 
@@ -277,21 +280,7 @@ class PostgresSession:
             body += b"".join(m.cstr(e) for e in extensions)
             self._write(m.frame(m.BackendType.NEGOTIATE_PROTOCOL_VERSION, body))
         database = startup.get("database") or startup.get("user") or ""
-
-        # The caller proves who it is with a cleartext password message (inside TLS).
-        self._write(m.AUTH_CLEARTEXT)
-        await self.client_w.drain()
-        f = await read_message(self.client_r, max_size=self.max_decoded, upstream=False)
-        self.bytes_in += len(f.body) + 5
-        if f.type != m.FrontendType.PASSWORD:
-            raise ProtocolViolation("expected a password message")
-        credential = m.decode_password(f.body)
-        if not credential:
-            raise AuthenticationFailed("a credential is required as the password")
-        principal = await self.services.identity.authenticate(
-            credential, source=self.client_host, protocol="postgres"
-        )
-        del credential
+        principal = await self._authenticate()
         self.principal = principal
 
         config = self.services.config
@@ -347,6 +336,51 @@ class PostgresSession:
         )
         return True
 
+    async def _authenticate(self) -> Principal:
+        """Who is calling: a verified client certificate if the TLS handshake produced one,
+        else the credential sent as a cleartext password (inside TLS). Never both: a certificate
+        that maps to nobody is refused, not retried with a password."""
+        identity = self.services.identity
+        cert = self._peer_certificate()
+        if cert is not None:
+            return await identity.authenticate_certificate(
+                cert, source=self.client_host, protocol="postgres"
+            )
+        self._write(m.AUTH_CLEARTEXT)
+        await self.client_w.drain()
+        f = await read_message(self.client_r, max_size=self.max_decoded, upstream=False)
+        self.bytes_in += len(f.body) + 5
+        if f.type != m.FrontendType.PASSWORD:
+            raise ProtocolViolation("expected a password message")
+        credential = m.decode_password(f.body)
+        if not credential:
+            raise AuthenticationFailed("a credential is required as the password")
+        return await identity.authenticate(credential, source=self.client_host, protocol="postgres")
+
+    def _peer_certificate(self) -> bytes | None:
+        if not self.tls or self.listener_config.client_ca is None:
+            return None
+        ssl_object = self.client_w.get_extra_info("ssl_object")
+        if ssl_object is None:
+            return None
+        der: bytes | None = ssl_object.getpeercert(binary_form=True)
+        return der or None
+
+    async def _watch_credential(self) -> None:
+        """End the session when its credential expires or is revoked (recorded as the end)."""
+        assert self.principal is not None
+        principal = self.principal
+        identity = self.services.identity
+        while True:
+            wait = CREDENTIAL_CHECK_INTERVAL
+            if principal.expires_at is not None:
+                wait = max(0.0, min(wait, principal.expires_at - time.time()))
+            await asyncio.sleep(wait)
+            reason = await identity.still_valid(principal)
+            if reason is not None:
+                self.terminate(f"session ended: {reason}")
+                return
+
     def _write(self, data: bytes) -> None:
         self.client_w.write(data)
         self.bytes_out += len(data)
@@ -359,10 +393,12 @@ class PostgresSession:
             asyncio.create_task(self._upstream_pump(), name=f"pg-u2c-{self.id}"),
         }
         stop = asyncio.create_task(self._stop.wait())
+        watcher = asyncio.create_task(self._watch_credential(), name=f"pg-cred-{self.id}")
         done, pending = await asyncio.wait(tasks | {stop}, return_when=asyncio.FIRST_COMPLETED)
+        watcher.cancel()
         for t in pending:
             t.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.gather(*pending, watcher, return_exceptions=True)
         if stop in done:
             raise SessionTerminated(self._stop_reason or "the session was ended by callgate")
         # Prefer the error of a failed pump over the clean exit of the other.
