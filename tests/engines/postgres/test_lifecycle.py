@@ -111,7 +111,7 @@ def test_repeated_failures_slow_down_then_lock_out(make_through: MakeThrough) ->
         timings.append(time.monotonic() - started)
     assert timings[3] >= 0.3  # slowed down once past slow_after
     # locked out now: even the right key is refused, without being checked
-    with pytest.raises(psycopg.OperationalError, match="28P01|too many|credential"):
+    with pytest.raises(psycopg.OperationalError, match=r"28P01|too many|credential"):
         psycopg.connect(th.dsn()).close()
 
 
