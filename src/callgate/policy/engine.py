@@ -111,6 +111,11 @@ class _Subject:
     has_parameters: bool
 
 
+#: Bound on each of the engine's caches (rules per caller, decisions per statement shape); a full
+#: cache is simply emptied, which costs one recomputation per shape.
+DECISION_CACHE_ENTRIES = 50_000
+
+
 class PolicyEngine:
     """The compiled ``policies:`` (and ``approvals:``) of one config."""
 
@@ -128,15 +133,31 @@ class PolicyEngine:
             p.name: compile_rules(p) for p in self.policies
         }
         self.version: str = policy_version(self.policies, self.approvals or ())
+        # Both caches live as long as this engine, i.e. until the next reload. Statements of one
+        # shape classify to the same Classification object, so a repeated shape is two lookups.
+        self._rules_cache: dict[tuple[str, frozenset[str], str], tuple[CompiledRule, ...]] = {}
+        self._decisions: dict[
+            tuple[str, frozenset[str], str, Classification, tuple[str, ...] | None, bool],
+            Decision,
+        ] = {}
 
     def applicable(self, principal: Principal, connection: str) -> tuple[PolicyConfig, ...]:
         """The policies that apply to ``principal`` on ``connection`` (as for connecting)."""
         return policies_for(self.policies, principal, connection)
 
     def rules_for(self, principal: Principal, connection: str) -> tuple[CompiledRule, ...]:
-        return tuple(
-            rule for p in self.applicable(principal, connection) for rule in self._rules[p.name]
-        )
+        key = (principal.subject, principal.groups, connection)
+        rules = self._rules_cache.get(key)
+        if rules is None:
+            rules = tuple(
+                rule
+                for p in self.applicable(principal, connection)
+                for rule in self._rules[p.name]
+            )
+            if len(self._rules_cache) >= DECISION_CACHE_ENTRIES:
+                self._rules_cache.clear()
+            self._rules_cache[key] = rules
+        return rules
 
     def needs_search_path(self, principal: Principal, connection: str) -> bool:
         """True when some rule for this caller names tables or columns, so unqualified names in
@@ -164,6 +185,29 @@ class PolicyEngine:
         ``prepared``: the session's SQL-level prepared statements (``PREPARE``), by name, for
         judging ``EXECUTE``.
         """
+        key = None
+        if not c.executes:  # otherwise the decision depends on the session's prepared bodies
+            path = None if search_path is None else tuple(search_path)
+            key = (principal.subject, principal.groups, connection, c, path, has_parameters)
+            cached = self._decisions.get(key)
+            if cached is not None:
+                return cached
+        decision = self._decide(principal, connection, c, search_path, prepared, has_parameters)
+        if key is not None:
+            if len(self._decisions) >= DECISION_CACHE_ENTRIES:
+                self._decisions.clear()
+            self._decisions[key] = decision
+        return decision
+
+    def _decide(
+        self,
+        principal: Principal,
+        connection: str,
+        c: Classification,
+        search_path: Sequence[str] | None,
+        prepared: Mapping[str, Classification],
+        has_parameters: bool,
+    ) -> Decision:
         c = resolve_executes(c, prepared)
         if c.empty:
             return Decision(Verdict.ALLOW, (), "empty statement")
