@@ -144,6 +144,12 @@ class UpstreamAuthFailed(UpstreamError):
     fatal = True
 
 
+class InternalError(CallgateError):
+    """A bug in callgate. The session ends; the details are in the gateway's log only."""
+
+    fatal = True
+
+
 class AuditUnavailable(CallgateError):
     """The audit store cannot take the event and ``on_store_failure: deny`` is set."""
 

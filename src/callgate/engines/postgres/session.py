@@ -14,9 +14,10 @@ import ssl
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from callgate.engines.postgres import upstream as up
+from callgate.engines.postgres.relay import UpstreamRelay
 from callgate.engines.postgres.refusal import (
     ResponseRewriter,
     error_frame,
@@ -32,6 +33,7 @@ from callgate.errors import (
     CallgateError,
     ConnectRefused,
     FeatureNotSupported,
+    InternalError,
     PlaintextRefused,
     ProtocolViolation,
     SessionTerminated,
@@ -168,7 +170,7 @@ class PostgresSession:
         except Exception:
             log.exception("internal error in session %s", self.id)
             reason = "internal error"
-            await self._send_error(CallgateError("internal error in callgate; session ended"))
+            await self._send_error(InternalError("internal error in callgate; session ended"))
         finally:
             await self._finish(reason)
 
@@ -388,9 +390,10 @@ class PostgresSession:
     # --- relay --------------------------------------------------------------------------------
 
     async def _relay(self) -> str:
-        tasks = {
+        relay = self._start_upstream_relay()
+        tasks: set[asyncio.Future[str]] = {
             asyncio.create_task(self._client_pump(), name=f"pg-c2u-{self.id}"),
-            asyncio.create_task(self._upstream_pump(), name=f"pg-u2c-{self.id}"),
+            relay.done,
         }
         stop = asyncio.create_task(self._stop.wait())
         watcher = asyncio.create_task(self._watch_credential(), name=f"pg-cred-{self.id}")
@@ -627,31 +630,25 @@ class PostgresSession:
 
     # --- relay: upstream → client ------------------------------------------------------------
 
-    async def _upstream_pump(self) -> str:
+    def _start_upstream_relay(self) -> UpstreamRelay:
         assert self.upstream is not None and self.tracker is not None
-        observer = self._observer
-        rewriter = self._rewriter
-        assert observer is not None and rewriter is not None
-        read = self.upstream.reader.read
-        client_w = self.client_w
-        on_backend = self.tracker.on_backend
-        while True:
-            data = await read(UPSTREAM_READ)
-            if not data:
-                raise UpstreamUnavailable("the upstream database closed the connection")
-            try:
-                if rewriter.active:
-                    data, frames = rewriter.process(data)
-                else:
-                    frames = observer.feed(data)
-            except ProtocolViolation as exc:
-                raise UpstreamProtocolViolation(f"upstream sent malformed data: {exc}") from exc
-            if data:
-                client_w.write(data)
-                self.bytes_out += len(data)
-            for f in frames:
-                on_backend(f)
-            await client_w.drain()
+        assert self._observer is not None and self._rewriter is not None
+        relay = UpstreamRelay(
+            observer=self._observer,
+            rewriter=self._rewriter,
+            on_frame=self.tracker.on_backend,
+            client_writer=self.client_w,
+            count_out=self._count_out,
+        )
+        reader = self.upstream.reader
+        leftover = bytes(getattr(reader, "_buffer", b""))  # read during startup, not yet used
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, self.upstream.writer.transport)
+        relay.attach(transport, leftover)
+        return relay
+
+    def _count_out(self, n: int) -> None:
+        self.bytes_out += n
 
     # --- cancel -------------------------------------------------------------------------------
 
