@@ -19,15 +19,21 @@ When the store cannot take an event (``gateway.audit.on_store_failure``):
 from __future__ import annotations
 
 import logging
+import socket
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from callgate.audit import events
+from callgate.audit.signing import signer_from_config
+from callgate.audit.sinks import sink_name
 from callgate.errors import AuditUnavailable, ConfigError
 from callgate.model import Decision, SessionInfo, SqlCommand
 from callgate.services import Clock
+from callgate.store.audit_records import Checkpoint, CloseInterrupted, PurgeSessions
 from callgate.store.base import Store
+from callgate.store.chain import canonical_json
+from callgate.store.checkpoints import AuditWriterSettings, CheckpointSigner
 from callgate.store.errors import StoreError
 from callgate.store.records import AppendEvent, EndSession, InsertSession, SessionRecord, WriteOp
 
@@ -42,7 +48,35 @@ STORE_FAILURE_MODES: Final = ("deny", "allow")
 #: Seconds between two "continuing without audit" warnings, so a dead disk does not flood the log.
 WARNING_INTERVAL = 10.0
 
+#: seconds between interval checkpoints unless configured (gateway.audit.checkpoint_interval)
+DEFAULT_CHECKPOINT_SECONDS = 10.0
+
 UNAVAILABLE_MESSAGE = "audit store unavailable; statement not forwarded"
+
+
+class ParamScrubber(Protocol):
+    """Turns a statement's bind parameters into what is recorded.
+
+    The hook for the content detectors of the session's mask rules (``callgate.masking``):
+    called once per statement, before its ``query`` event is built, with the session, the
+    command and the policy decision; returns one value per parameter (``None`` for SQL NULL).
+    Must not block or do I/O: it runs on the data path.
+    """
+
+    def __call__(
+        self, session: SessionInfo, command: SqlCommand, decision: Decision
+    ) -> Sequence[bytes | None]: ...
+
+
+def record_params_as_sent(
+    session: SessionInfo, command: SqlCommand, decision: Decision
+) -> Sequence[bytes | None]:
+    """The default :class:`ParamScrubber`: parameters are recorded as the client sent them."""
+    return command.params
+
+
+def default_gateway_id() -> str:
+    return socket.gethostname() or "callgate"
 
 
 class AuditService:
@@ -60,7 +94,20 @@ class AuditService:
         on_store_failure: str = "deny",
         clock: Clock = time.time,
         close_store: bool = True,
+        scrubber: ParamScrubber = record_params_as_sent,
+        record_rows: int = 0,
+        signer: CheckpointSigner | None = None,
+        checkpoint_interval: float = DEFAULT_CHECKPOINT_SECONDS,
+        sinks: Sequence[str] = (),
+        gateway_id: str | None = None,
     ) -> None:
+        """``scrubber``: what parameter values are recorded (see :class:`ParamScrubber`).
+        ``record_rows``: rows of each result kept by :meth:`SessionRecorder.rows` (0: none).
+        ``signer``, ``checkpoint_interval``: signed checkpoints (none without a signer).
+        ``sinks``: export sink names; each event gets an outbox row per sink in its transaction.
+        ``gateway_id``: recorded with each session; :meth:`recover_interrupted` closes this
+        gateway's sessions left open by a crash.
+        """
         if durability not in DURABILITY_MODES:
             raise ConfigError("gateway.audit.durability", "expected strict or async")
         if on_store_failure not in STORE_FAILURE_MODES:
@@ -72,6 +119,32 @@ class AuditService:
         self._close_store = close_store
         self._last_warning = -WARNING_INTERVAL
         self._suppressed = 0
+        self._scrubber = scrubber
+        self._record_rows = max(0, record_rows)
+        self._gateway_id = gateway_id
+        self._signer = signer
+        if signer is not None or sinks or gateway_id is not None:
+            store.configure_audit(
+                AuditWriterSettings(
+                    signer=signer,
+                    checkpoint_interval=checkpoint_interval,
+                    sinks=tuple(sinks),
+                    gateway_id=gateway_id,
+                )
+            )
+
+    @property
+    def gateway_id(self) -> str | None:
+        return self._gateway_id
+
+    @property
+    def record_rows(self) -> int:
+        return self._record_rows
+
+    @property
+    def signing(self) -> bool:
+        """Whether checkpoints are signed (a signing key is configured)."""
+        return self._signer is not None
 
     @property
     def store(self) -> Store:
@@ -101,18 +174,85 @@ class AuditService:
             application_name=info.application_name,
             tls=info.tls,
             started_at=info.started_at,
+            gateway_id=self._gateway_id,
         )
         start = AppendEvent(
             info.id, 1, info.started_at, events.SESSION_START, events.session_start(info)
         )
         await self._write((InsertSession(record), start))
-        return SessionRecorder(self, info.id, first_seq=1)
+        return SessionRecorder(self, info, first_seq=1)
 
     def auth_failure(self, *, protocol: str, source: str, reason: str, issuer: str | None) -> None:
         payload = events.auth_failure(
             protocol=protocol, source=source, reason=reason, issuer=issuer
         )
         self._queue((AppendEvent(None, None, self._clock(), events.AUTH_FAILURE, payload),))
+
+    async def event(
+        self, type_: str, payload: Mapping[str, Any], *, ts: float | None = None
+    ) -> None:
+        """Append an event outside any session (reviews, grants) and wait for its commit.
+
+        Raises :class:`~callgate.store.errors.StoreError` when it was not written, so a caller
+        relaying from an outbox can try again. Never pass a credential in ``payload``.
+        """
+        when = self._clock() if ts is None else ts
+        data = canonical_json(dict(payload))
+        await self._store.commit((AppendEvent(None, None, when, type_, data),))
+
+    # --- checkpoints, crash recovery, retention, export bookkeeping -----------------------------
+
+    async def checkpoint(self, kind: str = "manual") -> int | None:
+        """Sign the chain heads that moved since the last checkpoint now; its id (``None``
+        without a signing key)."""
+        (result,) = await self._store.commit((Checkpoint(kind),))
+        return result if isinstance(result, int) else None
+
+    def recovery_ops(self, *, stale_before: float | None = None) -> tuple[CloseInterrupted]:
+        return (
+            CloseInterrupted(
+                self._gateway_id, self._clock(), events.CRASH_REASON, stale_before=stale_before
+            ),
+        )
+
+    async def recover_interrupted(self, *, stale_before: float | None = None) -> tuple[str, ...]:
+        """Close the sessions this gateway (``gateway_id``) left open when it died, appending a
+        ``session.end`` with reason ``ended by crash`` to each chain; with ``stale_before``, also
+        those of gateways whose last heartbeat is older. Returns the session ids closed."""
+        (closed,) = await self._store.commit(self.recovery_ops(stale_before=stale_before))
+        ids = tuple(str(s) for s in closed) if isinstance(closed, tuple) else ()
+        if ids:
+            log.warning("%d session(s) left open by a crash marked ended: %s", len(ids), ids)
+        return ids
+
+    async def purge(self, ended_before: float, *, batch: int = 1000) -> int:
+        """Remove sessions that ended before ``ended_before`` with their events, ``batch`` per
+        transaction (each with a signed ``purge`` checkpoint). Returns how many were removed."""
+        total = 0
+        while True:
+            (purged,) = await self._store.commit((PurgeSessions(ended_before, batch),))
+            n = len(purged) if isinstance(purged, tuple) else 0
+            total += n
+            if n < batch:
+                return total
+
+    def record_backlog_dropped(
+        self,
+        *,
+        sink: str,
+        dropped: int,
+        first_event_id: int | None,
+        last_event_id: int | None,
+        bound: int,
+    ) -> None:
+        payload = events.backlog_dropped(
+            sink=sink,
+            dropped=dropped,
+            first_event_id=first_event_id,
+            last_event_id=last_event_id,
+            bound=bound,
+        )
+        self._queue((AppendEvent(None, None, self._clock(), events.BACKLOG_DROPPED, payload),))
 
     async def close(self) -> None:
         """Write every queued event; with ``close_store``, also stop the store's writer."""
@@ -171,13 +311,33 @@ class AuditService:
         self._suppressed = 0
 
     @classmethod
-    def from_config(cls, config: Config, store: Store) -> AuditService:
+    def from_config(
+        cls,
+        config: Config,
+        store: Store,
+        *,
+        scrubber: ParamScrubber = record_params_as_sent,
+        recover: bool = True,
+    ) -> AuditService:
+        """The serving gateway's audit service. Resolves the signing key (raises
+        :class:`ConfigError` when it is unusable) and, with ``recover``, queues the closing of
+        this gateway's sessions that a crash left open, ahead of any new session's write."""
         audit = config.gateway.audit
-        return cls(
+        service = cls(
             store,
             durability=str(audit.durability),
             on_store_failure=str(audit.on_store_failure),
+            scrubber=scrubber,
+            record_rows=audit.record_rows,
+            signer=signer_from_config(config),
+            checkpoint_interval=audit.checkpoint_interval.total_seconds(),
+            sinks=[sink_name(s) for s in audit.export],
+            gateway_id=audit.instance or default_gateway_id(),
         )
+        if recover:
+            # Queued first, so the writer runs it before anything this process records.
+            service._queue(service.recovery_ops())
+        return service
 
 
 class SessionRecorder:
@@ -187,12 +347,13 @@ class SessionRecorder:
     The engine calls :meth:`statement` for one statement at a time and :meth:`end` once.
     """
 
-    __slots__ = ("_clock", "_ended", "_id", "_seq", "_service", "_statements")
+    __slots__ = ("_clock", "_ended", "_id", "_info", "_seq", "_service", "_statements")
 
-    def __init__(self, service: AuditService, session_id: str, *, first_seq: int) -> None:
+    def __init__(self, service: AuditService, info: SessionInfo, *, first_seq: int) -> None:
         self._service = service
         self._clock = service._clock
-        self._id = session_id
+        self._info = info
+        self._id = info.id
         self._seq = first_seq
         self._statements = 0
         self._ended = False
@@ -206,7 +367,9 @@ class SessionRecorder:
             raise RuntimeError("statement recorded after the session ended")
         self._seq += 1
         seq = self._seq
-        payload = events.query(command, decision)
+        service = self._service
+        params = service._scrubber(self._info, command, decision) if command.params else None
+        payload = events.query(command, decision, params)
         await self._service._write(
             (AppendEvent(self._id, seq, self._clock(), events.QUERY, payload),)
         )
@@ -237,6 +400,25 @@ class SessionRecorder:
         )
         self._service._queue(
             (AppendEvent(self._id, self._seq, self._clock(), events.QUERY_RESULT, payload),)
+        )
+
+    def rows(
+        self,
+        seq: int,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[bytes | str | None]],
+    ) -> None:
+        """Record the first rows of statement ``seq``'s result as the caller received them (the
+        engine passes them masked). Keeps at most ``record_rows`` rows; nothing when it is 0.
+        Queued; never blocks the data path."""
+        limit = self._service._record_rows
+        if self._ended or limit <= 0:
+            return
+        kept = rows[:limit]
+        self._seq += 1
+        payload = events.query_rows(seq, columns, kept, truncated=len(rows) > len(kept))
+        self._service._queue(
+            (AppendEvent(self._id, self._seq, self._clock(), events.QUERY_ROWS, payload),)
         )
 
     async def end(self, reason: str, *, bytes_from_client: int, bytes_to_client: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from callgate.cli import certs, check, demo, keys, policy, serve, sessions, token
+from callgate.cli import access, certs, check, demo, keys, policy, reviews, serve, sessions, token
 
 app = typer.Typer(
     name="callgate",
@@ -22,6 +22,8 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(sessions.app, name="sessions")
 app.add_typer(policy.app, name="policy")
 app.add_typer(token.app, name="token")
+app.add_typer(reviews.app, name="reviews")
+app.add_typer(access.app, name="access")
 
 
 def main() -> None:

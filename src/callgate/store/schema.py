@@ -117,6 +117,113 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX outbox_due ON outbox (sink, next_attempt_at)",
         ),
     ),
+    Migration(
+        2,
+        "reviews, review_votes, grants, review_log (approvals; see callgate.store.reviews)",
+        (
+            """
+            CREATE TABLE reviews (
+                id                TEXT PRIMARY KEY,
+                kind              TEXT NOT NULL,             -- statement | access
+                state             TEXT NOT NULL,             -- pending | approved | denied | ...
+                mode              TEXT NOT NULL,             -- hold | deferred | access
+                requester         TEXT NOT NULL,             -- subject
+                requester_issuer  TEXT,
+                requester_groups  TEXT NOT NULL,             -- JSON array of strings
+                requester_method  TEXT NOT NULL,
+                connection        TEXT NOT NULL,
+                session_id        TEXT,
+                statement         TEXT,                      -- SQL text (statement reviews)
+                params            TEXT NOT NULL,             -- JSON, rendered as audit does
+                fingerprint       TEXT,
+                param_digest      TEXT,                      -- NULL: any parameters
+                policy_version    TEXT NOT NULL,
+                rules             TEXT NOT NULL,             -- JSON array of rule labels
+                approval_rule     INTEGER NOT NULL,          -- index into approvals:
+                min_approvals     INTEGER NOT NULL,
+                reason            TEXT,                      -- the requester's (access)
+                duration          REAL,                      -- access: seconds asked for
+                use_window        REAL,                      -- deferred: seconds usable; NULL once
+                created_at        REAL NOT NULL,
+                expires_at        REAL NOT NULL,             -- stays pending until then
+                decided_at        REAL,
+                decided_by        TEXT,
+                decision_reason   TEXT,
+                uses              INTEGER NOT NULL DEFAULT 0,
+                last_used_at      REAL,
+                grant_id          TEXT
+            )
+            """,
+            "CREATE INDEX reviews_state ON reviews (state, created_at)",
+            "CREATE INDEX reviews_binding ON reviews (requester, connection, fingerprint)",
+            """
+            CREATE TABLE review_votes (
+                review_id TEXT NOT NULL REFERENCES reviews (id),
+                approver  TEXT NOT NULL,                     -- subject
+                method    TEXT NOT NULL,
+                at        REAL NOT NULL,
+                reason    TEXT,
+                PRIMARY KEY (review_id, approver)
+            )
+            """,
+            """
+            CREATE TABLE grants (
+                id            TEXT PRIMARY KEY,
+                review_id     TEXT NOT NULL UNIQUE REFERENCES reviews (id),
+                subject       TEXT NOT NULL,
+                issuer        TEXT,
+                connection    TEXT NOT NULL,
+                policy        TEXT NOT NULL,
+                starts_at     REAL NOT NULL,
+                expires_at    REAL NOT NULL,
+                revoked_at    REAL,
+                revoked_by    TEXT,
+                revoke_reason TEXT,
+                end_logged    INTEGER NOT NULL DEFAULT 0
+            )
+            """,
+            "CREATE INDEX grants_subject ON grants (subject, connection, expires_at)",
+            """
+            CREATE TABLE review_log (
+                -- Every review and grant state change, written in the transaction that makes
+                -- it (from any process); the gateway relays each into the audit chain once.
+                id         INTEGER PRIMARY KEY AUTOINCREMENT,
+                review_id  TEXT NOT NULL,
+                ts         REAL NOT NULL,
+                type       TEXT NOT NULL,
+                payload    TEXT NOT NULL,                    -- canonical JSON
+                audited_at REAL
+            )
+            """,
+            "CREATE INDEX review_log_unaudited ON review_log (id) WHERE audited_at IS NULL",
+        ),
+    ),
+    Migration(
+        3,
+        "audit: signed checkpoints, gateway heartbeats, crash recovery, outbox order",
+        (
+            # Which gateway serves a session: a restarted gateway closes its own open sessions.
+            "ALTER TABLE sessions ADD COLUMN gateway_id TEXT",
+            "CREATE INDEX sessions_open ON sessions (gateway_id) WHERE ended_at IS NULL",
+            "CREATE INDEX sessions_ended_at ON sessions (ended_at)",
+            # The checkpoint chain (see callgate.store.checkpoints).
+            "ALTER TABLE checkpoints ADD COLUMN kind TEXT NOT NULL DEFAULT 'interval'",
+            "ALTER TABLE checkpoints ADD COLUMN purged TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE checkpoints ADD COLUMN prev TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE checkpoints ADD COLUMN public_key TEXT NOT NULL DEFAULT ''",
+            """
+            CREATE TABLE gateways (
+                id         TEXT PRIMARY KEY,
+                started_at REAL NOT NULL,
+                seen_at    REAL NOT NULL
+            )
+            """,
+            # Small facts the writer keeps across restarts (the highest event id ever given,
+            # so ids are never reused once retention has removed the newest events).
+            "CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            "CREATE INDEX outbox_sink_id ON outbox (sink, id)",
+        ),
+    ),
 )
 
 LATEST_VERSION = SQLITE_MIGRATIONS[-1].version
