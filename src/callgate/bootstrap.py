@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
+from callgate.approvals import ApprovalService
 from callgate.audit import AuditService
 from callgate.config import Config
 from callgate.identity import IdentityService
 from callgate.policy.engine import PolicyEngine
 from callgate.services import Services
-from callgate.store import Store, open_store_from_config
+from callgate.store import Store, StoreError, open_store_from_config
+
+log = logging.getLogger("callgate.server")
 
 
 @dataclass
@@ -19,20 +23,30 @@ class ServiceBundle:
     services: Services
     store: Store
     audit: AuditService
+    approvals: ApprovalService | None
     #: every identity service built (one per config load); closed at shutdown, since sessions
     #: still authenticating may hold an older one
     identities: list[IdentityService]
 
     async def with_config(self, config: Config) -> Services:
-        """Services for a reloaded config: same store and audit, identity rebuilt from it."""
+        """Services for a reloaded config: same store, audit and approvals; identity and policy
+        rebuilt from it."""
         identity = IdentityService.from_config(config, self.store, audit=self.audit)
         await identity.start()
         self.identities.append(identity)
+        if self.approvals is not None:
+            self.approvals.reload(config)
         return Services(
-            config=config, identity=identity, audit=self.audit, policy=policy_engine(config)
+            config=config,
+            identity=identity,
+            audit=self.audit,
+            policy=policy_engine(config),
+            approvals=self.approvals,
         )
 
     async def close(self) -> None:
+        if self.approvals is not None:
+            await self.approvals.close()
         for identity in self.identities:
             await identity.aclose()
         await self.audit.close()
@@ -43,8 +57,24 @@ async def build_services(config: Config) -> ServiceBundle:
     audit = AuditService.from_config(config, store)
     identity = IdentityService.from_config(config, store, audit=audit)
     await identity.start()
-    services = Services(config=config, identity=identity, audit=audit, policy=policy_engine(config))
-    return ServiceBundle(services=services, store=store, audit=audit, identities=[identity])
+    approvals: ApprovalService | None = None
+    try:
+        approvals = ApprovalService.from_config(config, store, audit)
+    except StoreError as exc:
+        # Fail closed: without a review store every statement that needs review is refused.
+        log.warning("approvals unavailable (%s): statements that need review are refused", exc)
+    if approvals is not None:
+        await approvals.start()
+    services = Services(
+        config=config,
+        identity=identity,
+        audit=audit,
+        policy=policy_engine(config),
+        approvals=approvals,
+    )
+    return ServiceBundle(
+        services=services, store=store, audit=audit, approvals=approvals, identities=[identity]
+    )
 
 
 def policy_engine(config: Config) -> PolicyEngine:

@@ -11,12 +11,14 @@ from callgate.bootstrap import ServiceBundle, build_services
 from callgate.config import Config, load_config
 from callgate.engines.postgres.listener import PostgresListener
 from callgate.errors import CallgateError, ConfigError
+from callgate.tls import server_context
+from callgate.web import ApiContext, ApiServer, create_api_app, serve_api
 
 log = logging.getLogger("callgate.server")
 
 #: Listener protocols this version serves. Others are refused at start rather than ignored, so a
 #: config never silently leaves a data path unguarded.
-SUPPORTED_LISTENERS = frozenset({"postgres"})
+SUPPORTED_LISTENERS = frozenset({"postgres", "api"})
 
 
 def check_supported(config: Config) -> None:
@@ -38,11 +40,30 @@ class Gateway:
             for lst in config.listeners
             if lst.protocol == "postgres"
         ]
+        self.api_configs = [lst for lst in config.listeners if lst.protocol == "api"]
+        self.api_servers: list[ApiServer] = []
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
         for lst in self.listeners:
             await lst.start()
+        for api in self.api_configs:
+            approvals = self.bundle.approvals
+            if approvals is None:
+                raise ConfigError("listeners", "the api listener needs a store that holds reviews")
+            app = create_api_app(
+                ApiContext(
+                    approvals=approvals,
+                    identity=lambda: self.bundle.services.identity,
+                    healthy=lambda: self.bundle.store.healthy,
+                )
+            )
+            gw_tls = self.bundle.services.config.gateway.tls
+            ctx = None
+            if gw_tls is not None and not api.allow_plaintext:
+                ctx = server_context(gw_tls, api.client_ca)
+            self.api_servers.append(await serve_api(app, api.host, api.port, ctx))
+            log.info("api listener on %s", api.bind)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -67,6 +88,8 @@ class Gateway:
         await self._stop.wait()
         log.info("draining sessions")
         drain = self.bundle.services.config.gateway.drain_timeout.total_seconds()
+        for api in self.api_servers:
+            await api.stop()
         await asyncio.gather(*(lst.drain(drain) for lst in self.listeners))
         await self.bundle.close()
         log.info("stopped")
@@ -82,6 +105,9 @@ async def serve(config_path: Path) -> None:
     except OSError as exc:
         await bundle.close()
         raise ConfigError("listeners", f"cannot listen: {exc.strerror or exc}") from exc
+    except CallgateError:
+        await bundle.close()
+        raise
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, gateway.request_stop)
     loop.add_signal_handler(signal.SIGINT, gateway.request_stop)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 from callgate.model import Decision, Principal, SessionInfo, SqlCommand
 
 if TYPE_CHECKING:
+    from callgate.approvals import ApprovalService
     from callgate.config import Config
     from callgate.policy.engine import PolicyEngine
 
@@ -85,4 +86,6 @@ class Services:
     audit: AuditService
     #: statement-level policy; swapped as a whole on reload (sessions read it per statement)
     policy: PolicyEngine
+    #: reviews and grants; None when the store cannot hold them (reviews are then refused)
+    approvals: ApprovalService | None = None
     clock: Clock = field(default=__import__("time").time)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from callgate.engines.postgres import upstream as up
+from callgate.approvals import pending_error
 from callgate.engines.postgres.relay import UpstreamRelay
 from callgate.engines.postgres.refusal import (
     ResponseRewriter,
@@ -65,6 +66,8 @@ UPSTREAM_READ = 256 * 1024
 #: How often a live session re-checks that its credential still holds (revocation); expiry is
 #: also acted on at the exact moment it comes. The issue's bound is 60 s.
 CREDENTIAL_CHECK_INTERVAL = 10.0
+#: How often a held statement checks that its caller is still there.
+HOLD_POLL = 0.25
 #: Time to flush a final error to a client that may not be reading any more.
 FINAL_WRITE_TIMEOUT = 2.0
 
@@ -428,7 +431,7 @@ class PostgresSession:
         )
 
     async def _record(self, command: SqlCommand, decision: Decision) -> int | CallgateError:
-        """Record the statement; the error to answer with when it must not be forwarded."""
+        """Record the statement, then settle a review; the error to answer with if refused."""
         assert self.recorder is not None
         try:
             seq = await self.recorder.statement(command, decision)
@@ -436,7 +439,69 @@ class PostgresSession:
             return exc
         if decision.verdict is Verdict.ALLOW:
             return seq
+        if decision.verdict is Verdict.REVIEW:
+            refused = await self._review(command, decision)
+            return seq if refused is None else refused
         return _refusal(decision)
+
+    async def _review(self, command: SqlCommand, decision: Decision) -> CallgateError | None:
+        """Hold the statement for a human (or use a deferred approval); None when approved."""
+        assert self.principal is not None and self.connection is not None
+        services = self.listener.services
+        approvals = services.approvals
+        found = approvals.rule_for(self.connection) if approvals is not None else None
+        if approvals is None or found is None:
+            return _refusal(decision)
+        rule = found[1]
+        version = services.policy.version
+        if rule.mode == "deferred":
+            used = await approvals.use_deferred(
+                self.principal,
+                self.connection,
+                command.sql,
+                command.params,
+                command.param_formats,
+                policy_version=version,
+            )
+            if used is not None:
+                return None
+        review = await approvals.request(
+            self.principal,
+            connection=self.connection,
+            statement_sql=command.sql,
+            params=command.params,
+            param_formats=command.param_formats,
+            rules=decision.rules,
+            policy_version=version,
+            mode=rule.mode,
+            session_id=self.id,
+        )
+        if rule.mode == "deferred":
+            return pending_error(review)
+        log.info("session %s: statement held for review %s", self.id, review.id)
+        # The session's later messages wait behind the held one: this pump reads nothing more
+        # until it is settled. A caller that goes away withdraws the review (cancelling wait()).
+        waiting = asyncio.ensure_future(approvals.wait(review.id, rule.timeout.total_seconds()))
+        try:
+            while True:
+                done, _ = await asyncio.wait({waiting}, timeout=HOLD_POLL)
+                if done:
+                    break
+                if self._client_gone():
+                    raise ConnectionError("the caller went away while its statement was held")
+        finally:
+            if not waiting.done():
+                waiting.cancel()
+                await asyncio.gather(waiting, return_exceptions=True)
+        outcome = waiting.result()
+        if outcome.approved:
+            log.info("session %s: review %s approved", self.id, review.id)
+            return None
+        return outcome.error()
+
+    def _client_gone(self) -> bool:
+        # StreamReader has no public "peer closed" flag that leaves buffered bytes unread.
+        return bool(getattr(self.client_r, "_eof", False)) or self.client_w.is_closing()
 
     def _after_allowed(self, c: Classification) -> None:
         """Session state the policy needs: SQL-level prepared statements, the search path."""
@@ -542,7 +607,8 @@ class PostgresSession:
         """Judge a Parse; True when it is forwarded as it is."""
         c = classify(p.sql)
         decision = self._decide(c, has_parameters=bool(p.param_types))
-        if decision.verdict is Verdict.ALLOW:
+        # Parse runs nothing: a statement under review is held at Execute, with its parameters.
+        if decision.verdict is not Verdict.DENY:
             self._prepared[p.name] = _Prepared(p.sql, c)
             assert self.tracker is not None
             self.tracker.extended()
