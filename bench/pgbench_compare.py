@@ -36,8 +36,59 @@ from tests.support.net import libpq_dsn
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO_ROOT / "bench" / "results" / "latest.json"
 BENCH_DB = "callgate_bench"
-ALL_TARGETS = ("direct", "pgbouncer", "callgate", "callgate-async")
-CALLGATE_DURABILITY = {"callgate": "strict", "callgate-async": "async"}
+ALL_TARGETS = ("direct", "pgbouncer", "callgate", "callgate-async", "callgate-policy")
+#: ratios between callgate legs: (numerator, denominator, what it shows)
+PAIRS = (
+    ("callgate-policy", "callgate", "realistic policy / allow-all (issue 4)"),
+    ("callgate", "callgate-async", "strict audit / async audit (issue 7)"),
+)
+CALLGATE_DURABILITY = {
+    "callgate": "strict",
+    "callgate-async": "async",
+    "callgate-policy": "strict",
+}
+ALLOW_ALL_POLICIES: list[dict[str, Any]] = [
+    {
+        "name": "bench allow all",
+        "subjects": {"groups": ["bench"]},
+        "connections": ["bench"],
+        "rules": [{"allow": {}}],
+    }
+]
+#: A realistic policy set (issue 4's benchmark): reads allowed on the bench tables, writes held
+#: for review, schema/privilege changes and server-side file or network functions denied.
+REALISTIC_POLICIES: list[dict[str, Any]] = [
+    {
+        "name": "functions read",
+        "subjects": {"groups": ["bench"]},
+        "connections": ["bench"],
+        "rules": [
+            {"allow": {"kinds": ["select"], "tables": ["public.pgbench_*"]}},
+            {"allow": {"kinds": ["transaction", "session"]}},
+            {"review": {"kinds": ["insert", "update", "delete", "merge"]}},
+            {"deny": {"kinds": ["update", "delete"], "where": "absent"}},
+        ],
+    },
+    {
+        "name": "guardrails",
+        "subjects": {"groups": ["bench", "ops"]},
+        "connections": ["bench"],
+        "rules": [
+            {"deny": {"kinds": ["ddl", "privilege", "unsafe_io", "procedural"]}},
+            {"deny": {"functions": ["pg_read_file", "pg_ls_dir", "dblink*", "lo_*"]}},
+            {"deny": {"functions": ["pg_terminate_backend", "set_config"]}},
+            {"deny": {"tables": ["pg_catalog.pg_authid", "pg_catalog.pg_shadow"]}},
+        ],
+    },
+    {
+        "name": "ops",
+        "subjects": {"groups": ["ops"]},
+        "connections": ["bench"],
+        "rules": [{"allow": {"kinds": ["select", "utility"]}}],
+    },
+]
+POLICIES_OF = {"callgate-policy": REALISTIC_POLICIES}
+APPROVALS = [{"connections": ["bench"], "approvers": {"groups": ["dba"]}}]
 PGBENCH_GRACE = (
     60  # seconds pgbench may run past --duration (connecting, finishing) before we kill it
 )
@@ -189,7 +240,10 @@ def run_pgbench(
 
 @contextmanager
 def callgate_endpoint(
-    durability: str, upstream: Endpoint, workdir: Path
+    durability: str,
+    upstream: Endpoint,
+    workdir: Path,
+    policies: list[dict[str, Any]] | None = None,
 ) -> Iterator[tuple[Endpoint, Gateway]]:
     config = build_config(
         workdir,
@@ -208,14 +262,8 @@ def callgate_endpoint(
                     },
                 }
             ],
-            "policies": [
-                {
-                    "name": "bench allow all",
-                    "subjects": {"groups": ["bench"]},
-                    "connections": ["bench"],
-                    "rules": [{"allow": {}}],
-                }
-            ],
+            "policies": policies or ALLOW_ALL_POLICIES,
+            "approvals": APPROVALS,
         },
     )
     gw = Gateway(workdir, config)
@@ -247,7 +295,9 @@ def run_target(
             else:
                 workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cg-bench-")))
                 endpoint, gw = stack.enter_context(
-                    callgate_endpoint(CALLGATE_DURABILITY[target], upstream, workdir)
+                    callgate_endpoint(
+                        CALLGATE_DURABILITY[target], upstream, workdir, POLICIES_OF.get(target)
+                    )
                 )
         except (GatewayError, PgbouncerError) as e:
             return failed_all(str(e))
@@ -288,6 +338,16 @@ def ratios(results: list[LegResult], clients: Sequence[int]) -> list[dict[str, A
                     "tps_vs_direct": _ratio(by[(target, c)], by.get(("direct", c))),
                 }
             )
+        for num, den, label in PAIRS:
+            if (num, c) in by and (den, c) in by:
+                out.append(
+                    {
+                        "target": f"{num}/{den}",
+                        "clients": c,
+                        "ratio": _ratio(by[(num, c)], by[(den, c)]),
+                        "shows": label,
+                    }
+                )
         bouncer = by.get(("pgbouncer", c))
         if bouncer is not None:
             out.append(
@@ -326,6 +386,13 @@ def print_table(results: list[LegResult], ratio_rows: list[dict[str, Any]]) -> N
         else:
             print(
                 f"{r.target:<15} {r.clients:>7} {'FAILED':>11}  {(r.error or '').splitlines()[0]}"
+            )
+    print()
+    for row in ratio_rows:
+        if "ratio" in row:
+            print(
+                f"{row['target']:<32} clients={row['clients']:<3}"
+                f" {fmt(row['ratio'], '.2f'):>6}  ({row['shows']})"
             )
     print()
 
