@@ -37,3 +37,12 @@ def test_error_table_matches_error_classes() -> None:
         assert cells[3] == str(cls.mysql_code), cls.__name__
         assert cells[4] == str(cls.http_status), cls.__name__
         assert cells[5] == ("yes" if cls.fatal else "no"), cls.__name__
+
+
+def test_cli_reference_is_current() -> None:
+    from callgate.cli.reference import render
+
+    current = (DOCS / "cli.md").read_text()
+    assert current == render(), (
+        "docs/cli.md is stale: python -m callgate.cli.reference > docs/cli.md"
+    )
