@@ -135,9 +135,19 @@ class PolicyEngine:
         self.version: str = policy_version(self.policies, self.approvals or ())
         # Both caches live as long as this engine, i.e. until the next reload. Statements of one
         # shape classify to the same Classification object, so a repeated shape is two lookups.
-        self._rules_cache: dict[tuple[str, frozenset[str], str], tuple[CompiledRule, ...]] = {}
+        self._rules_cache: dict[
+            tuple[str, frozenset[str], str, tuple[str, ...]], tuple[CompiledRule, ...]
+        ] = {}
         self._decisions: dict[
-            tuple[str, frozenset[str], str, Classification, tuple[str, ...] | None, bool],
+            tuple[
+                str,
+                frozenset[str],
+                str,
+                tuple[str, ...],
+                Classification,
+                tuple[str, ...] | None,
+                bool,
+            ],
             Decision,
         ] = {}
 
@@ -145,15 +155,17 @@ class PolicyEngine:
         """The policies that apply to ``principal`` on ``connection`` (as for connecting)."""
         return policies_for(self.policies, principal, connection)
 
-    def rules_for(self, principal: Principal, connection: str) -> tuple[CompiledRule, ...]:
-        key = (principal.subject, principal.groups, connection)
+    def rules_for(
+        self, principal: Principal, connection: str, grants: tuple[str, ...] = ()
+    ) -> tuple[CompiledRule, ...]:
+        """The rules judging ``principal`` on ``connection``: its policies', plus those of the
+        policies named by its active access grants (``grants``: policy names)."""
+        key = (principal.subject, principal.groups, connection, grants)
         rules = self._rules_cache.get(key)
         if rules is None:
-            rules = tuple(
-                rule
-                for p in self.applicable(principal, connection)
-                for rule in self._rules[p.name]
-            )
+            names = [p.name for p in self.applicable(principal, connection)]
+            names += [g for g in grants if g in self._rules and g not in names]
+            rules = tuple(rule for name in names for rule in self._rules[name])
             if len(self._rules_cache) >= DECISION_CACHE_ENTRIES:
                 self._rules_cache.clear()
             self._rules_cache[key] = rules
@@ -176,6 +188,7 @@ class PolicyEngine:
         search_path: Sequence[str] | None = DEFAULT_SEARCH_PATH,
         prepared: Mapping[str, Classification] = _NO_PREPARED,
         has_parameters: bool = False,
+        grants: tuple[str, ...] = (),
     ) -> Decision:
         """Allow, review or deny the statement (or batch) ``c`` for ``principal``.
 
@@ -188,11 +201,13 @@ class PolicyEngine:
         key = None
         if not c.executes:  # otherwise the decision depends on the session's prepared bodies
             path = None if search_path is None else tuple(search_path)
-            key = (principal.subject, principal.groups, connection, c, path, has_parameters)
+            key = (principal.subject, principal.groups, connection, grants, c, path, has_parameters)
             cached = self._decisions.get(key)
             if cached is not None:
                 return cached
-        decision = self._decide(principal, connection, c, search_path, prepared, has_parameters)
+        decision = self._decide(
+            principal, connection, c, search_path, prepared, has_parameters, grants
+        )
         if key is not None:
             if len(self._decisions) >= DECISION_CACHE_ENTRIES:
                 self._decisions.clear()
@@ -207,12 +222,13 @@ class PolicyEngine:
         search_path: Sequence[str] | None,
         prepared: Mapping[str, Classification],
         has_parameters: bool,
+        grants: tuple[str, ...],
     ) -> Decision:
         c = resolve_executes(c, prepared)
         if c.empty:
             return Decision(Verdict.ALLOW, (), "empty statement")
         subject = _subject(c, search_path, has_parameters)
-        rules = self.rules_for(principal, connection)
+        rules = self.rules_for(principal, connection, grants)
 
         matched = [rule for rule in rules if _matches(rule, subject)]
         denies = [r for r in matched if r.action == "deny"]

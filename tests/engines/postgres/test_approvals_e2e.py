@@ -270,3 +270,58 @@ def test_non_approver_refused_by_api_and_latency(make_through: MakeThrough) -> N
         latencies.append(got["done"] - returned)
     median_ms = statistics.median(latencies) * 1000
     print(f"approval → result median {median_ms:.1f} ms over {len(latencies)} holds")
+
+
+def test_access_window_applies_its_policy_then_ends_the_session(make_through: MakeThrough) -> None:
+    read_only = {
+        "name": "fn reads",
+        "subjects": {"groups": ["apps"]},
+        "connections": ["main"],
+        "rules": [{"allow": {"kinds": ["select", "session", "transaction"]}}],
+    }
+    oncall_write = {
+        "name": "oncall-write",
+        "subjects": {"groups": ["oncall"]},
+        "connections": ["main"],
+        "rules": [{"allow": {"kinds": ["select", "insert", "session", "transaction"]}}],
+    }
+    th = make_through(
+        {
+            "policies": [read_only, oncall_write],
+            "approvals": approvals(access={"grant_policy": "oncall-write"}),
+            "listeners": LISTENERS,
+        }
+    )
+    dba = th.gw.create_key("dba-1", ["dba"])
+    with psycopg.connect(th.server.dsn(th.database), autocommit=True) as admin:
+        admin.execute("create table items (id int primary key, v text)")
+    with psycopg.connect(th.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("insert into items values (1, 'no window yet')")
+    asked = cli_as(
+        th.gw,
+        th.key,
+        "access",
+        "request",
+        "main",
+        "--duration",
+        "4s",
+        "--reason",
+        "incident",
+        "--json",
+    )
+    assert asked.returncode == 0, asked.stderr
+    review_id = json.loads(asked.stdout)["id"]
+    assert cli_as(th.gw, dba, "reviews", "approve", review_id).returncode == 0
+    conn = psycopg.connect(th.dsn(), autocommit=True)
+    started = time.monotonic()
+    assert conn.execute("insert into items values (2, 'inside the window')").rowcount == 1
+    with pytest.raises(psycopg.OperationalError) as info:
+        while time.monotonic() - started < 30:
+            conn.execute("select 1")
+            time.sleep(0.2)
+    assert "access window" in str(info.value)
+    conn.close()
+    with psycopg.connect(th.dsn(), autocommit=True) as conn:  # after the window: read-only again
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("insert into items values (3, 'after')")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from callgate.engines.postgres import upstream as up
-from callgate.approvals import pending_error
+from callgate.approvals import Grant, pending_error
 from callgate.engines.postgres.relay import UpstreamRelay
 from callgate.engines.postgres.refusal import (
     ResponseRewriter,
@@ -147,6 +147,9 @@ class PostgresSession:
         self._sql_prepared: dict[str, Classification] = {}
         self._absorbing = False
         self._rewriter: ResponseRewriter | None = None
+        #: access windows this session relies on; it ends when any of them ends
+        self.grants: tuple[Grant, ...] = ()
+        self.grant_policies: tuple[str, ...] = ()
         self.connection: str | None = None
         #: the upstream session's search path ($user expanded); None when unknown
         self.search_path: tuple[str, ...] | None = DEFAULT_SEARCH_PATH
@@ -292,7 +295,12 @@ class PostgresSession:
         conn = config.connection(database)
         if conn is None or conn.protocol != "postgres":
             raise UnknownConnection(f'connection "{database}" does not exist')
-        if not may_connect(config.policies, principal, conn.name):
+        approvals = self.services.approvals
+        if approvals is not None:
+            # An approved access window applies its policy to this caller for its duration.
+            self.grants = tuple(await approvals.active_grants(principal, conn.name))
+            self.grant_policies = tuple(sorted({g.policy for g in self.grants}))
+        if not self.grants and not may_connect(config.policies, principal, conn.name):
             raise ConnectRefused(
                 f'"{principal.subject}" is not allowed to use connection "{conn.name}"'
             )
@@ -386,6 +394,12 @@ class PostgresSession:
                 self.terminate(f"session ended: {reason}")
                 return
 
+    async def _watch_grant(self, grant: Grant) -> None:
+        approvals = self.services.approvals
+        assert approvals is not None
+        how = await approvals.wait_grant_end(grant.id)
+        self.terminate(f"session ended: access window {grant.id} {how}")
+
     def _write(self, data: bytes) -> None:
         self.client_w.write(data)
         self.bytes_out += len(data)
@@ -399,12 +413,14 @@ class PostgresSession:
             relay.done,
         }
         stop = asyncio.create_task(self._stop.wait())
-        watcher = asyncio.create_task(self._watch_credential(), name=f"pg-cred-{self.id}")
+        watchers = [asyncio.create_task(self._watch_credential(), name=f"pg-cred-{self.id}")]
+        watchers += [asyncio.create_task(self._watch_grant(g)) for g in self.grants]
         done, pending = await asyncio.wait(tasks | {stop}, return_when=asyncio.FIRST_COMPLETED)
-        watcher.cancel()
+        for w in watchers:
+            w.cancel()
         for t in pending:
             t.cancel()
-        await asyncio.gather(*pending, watcher, return_exceptions=True)
+        await asyncio.gather(*pending, *watchers, return_exceptions=True)
         if stop in done:
             raise SessionTerminated(self._stop_reason or "the session was ended by callgate")
         # Prefer the error of a failed pump over the clean exit of the other.
@@ -428,6 +444,7 @@ class PostgresSession:
             search_path=self.search_path,
             prepared=self._sql_prepared,
             has_parameters=has_parameters,
+            grants=self.grant_policies,
         )
 
     async def _record(self, command: SqlCommand, decision: Decision) -> int | CallgateError:
