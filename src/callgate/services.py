@@ -67,8 +67,11 @@ class IdentityService(Protocol):
         """
         ...
 
-    async def authenticate_certificate(self, der: bytes, *, source: str, protocol: str) -> Principal:
-        """Map a verified client certificate (mTLS) to a principal, or raise AuthenticationFailed."""
+    async def authenticate_certificate(
+        self, der: bytes, *, source: str, protocol: str
+    ) -> Principal:
+        """Map a verified client certificate (mTLS) to a principal, or raise
+        AuthenticationFailed."""
         ...
 
     async def still_valid(self, principal: Principal) -> str | None:

@@ -295,9 +295,11 @@ def test_access_window_applies_its_policy_then_ends_the_session(make_through: Ma
     dba = th.gw.create_key("dba-1", ["dba"])
     with psycopg.connect(th.server.dsn(th.database), autocommit=True) as admin:
         admin.execute("create table items (id int primary key, v text)")
-    with psycopg.connect(th.dsn(), autocommit=True) as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute("insert into items values (1, 'no window yet')")
+    with (
+        psycopg.connect(th.dsn(), autocommit=True) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute("insert into items values (1, 'no window yet')")
     asked = cli_as(
         th.gw,
         th.key,
@@ -322,6 +324,8 @@ def test_access_window_applies_its_policy_then_ends_the_session(make_through: Ma
             time.sleep(0.2)
     assert "access window" in str(info.value)
     conn.close()
-    with psycopg.connect(th.dsn(), autocommit=True) as conn:  # after the window: read-only again
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute("insert into items values (3, 'after')")
+    with (  # after the window: read-only again
+        psycopg.connect(th.dsn(), autocommit=True) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute("insert into items values (3, 'after')")
