@@ -225,3 +225,24 @@ def test_case_of_unquoted_names_does_not_change_anything(sql: str, data: st.Data
         flips = data.draw(st.lists(st.booleans(), min_size=len(text), max_size=len(text)))
         changed = changed[: token.start] + _swap_ascii_case(text, flips) + changed[token.end + 1 :]
     assert classify_uncached(changed)[0] == classify_uncached(sql)[0], changed
+
+
+def test_quick_shape_cache_never_merges_statements_that_classify_differently() -> None:
+    from callgate.policy.classify import clear_cache
+
+    from callgate.policy.classify import classify_uncached
+
+    clear_cache()
+    for sql in (
+        "EXPLAIN (ANALYZE 0) DELETE FROM t",
+        "EXPLAIN (ANALYZE 1) DELETE FROM t",
+        "SELECT 1 FROM t LIMIT 5",
+        "select a ? 5 from t",
+        "select a ? ? from t",
+    ):
+        assert classify(sql) == classify_uncached(sql)[0], sql
+    first = classify("SELECT abalance FROM pgbench_accounts WHERE aid = 1")
+    again = classify("SELECT abalance FROM pgbench_accounts WHERE aid = 2")
+    assert first == again
+    assert classify("select a ? 5 from t").parse_error is None
+    assert classify("select a ? ? from t").parse_error is not None
