@@ -228,9 +228,7 @@ def test_case_of_unquoted_names_does_not_change_anything(sql: str, data: st.Data
 
 
 def test_quick_shape_cache_never_merges_statements_that_classify_differently() -> None:
-    from callgate.policy.classify import clear_cache
-
-    from callgate.policy.classify import classify_uncached
+    from callgate.policy.classify import classify_uncached, clear_cache
 
     clear_cache()
     for sql in (

@@ -11,7 +11,6 @@ by shape. Semantics: docs/policy.md.
 from __future__ import annotations
 
 import re
-
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
