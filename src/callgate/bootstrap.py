@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from callgate.approvals import ApprovalService
 from callgate.audit import AuditService
@@ -27,6 +28,8 @@ class ServiceBundle:
     #: every identity service built (one per config load); closed at shutdown, since sessions
     #: still authenticating may hold an older one
     identities: list[IdentityService]
+    #: closed first at shutdown (background tasks that use the services)
+    on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def with_config(self, config: Config) -> Services:
         """Services for a reloaded config: same store, audit and approvals; identity and policy
@@ -45,6 +48,8 @@ class ServiceBundle:
         )
 
     async def close(self) -> None:
+        for close in self.on_close:
+            await close()
         if self.approvals is not None:
             await self.approvals.close()
         for identity in self.identities:

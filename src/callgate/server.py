@@ -7,6 +7,7 @@ import logging
 import signal
 from pathlib import Path
 
+from callgate.audit import AuditTasks
 from callgate.bootstrap import ServiceBundle, build_services
 from callgate.config import Config, load_config
 from callgate.engines.postgres.listener import PostgresListener
@@ -99,6 +100,9 @@ async def serve(config_path: Path) -> None:
     config = load_config(config_path)
     check_supported(config)
     bundle = await build_services(config)
+    tasks = AuditTasks.from_config(config, bundle.audit)  # export, retention, replica sweep
+    await tasks.start()
+    bundle.on_close.append(tasks.close)
     gateway = Gateway(config_path, config, bundle)
     try:
         await gateway.start()

@@ -6,7 +6,7 @@ pass their own implementations and a clock (ARCHITECTURE.md, "Layers").
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -41,6 +41,13 @@ class SessionRecorder(Protocol):
         duration_ms: float,
     ) -> None:
         """Record how statement ``seq`` ended. Queued; never blocks the data path."""
+        ...
+
+    def rows(
+        self, seq: int, columns: Sequence[str], rows: Sequence[Sequence[bytes | str | None]]
+    ) -> None:
+        """Keep the first ``record_rows`` rows of statement ``seq`` as the caller received them
+        (already masked). Queued; never blocks."""
         ...
 
     async def end(self, reason: str, *, bytes_from_client: int, bytes_to_client: int) -> None:

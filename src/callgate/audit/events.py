@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Sequence
 
 from callgate.model import Decision, SessionInfo, SqlCommand
 from callgate.store.chain import canonical_json
@@ -17,6 +18,12 @@ QUERY = "query"
 QUERY_RESULT = "query.result"
 SESSION_END = "session.end"
 AUTH_FAILURE = "auth.failure"
+#: the first rows of a result as the caller received them (``gateway.audit.record_rows``)
+QUERY_ROWS = "query.rows"
+#: an export sink's backlog passed its bound and its oldest undelivered events were dropped
+BACKLOG_DROPPED = "export.backlog_dropped"
+#: ``end_reason`` of a session closed at start because the gateway serving it had died
+CRASH_REASON = "ended by crash"
 
 JsonParam = str | dict[str, str] | None
 
@@ -55,11 +62,14 @@ def session_start(info: SessionInfo) -> str:
     )
 
 
-def query(command: SqlCommand, decision: Decision) -> str:
+def query(
+    command: SqlCommand, decision: Decision, params: Sequence[bytes | None] | None = None
+) -> str:
+    """``params``: the values to record (the scrubbed ones); the command's own by default."""
     return canonical_json(
         {
             "sql": command.sql,
-            "params": [render_param(v) for v in command.params],
+            "params": [render_param(v) for v in (command.params if params is None else params)],
             "param_formats": list(command.param_formats),
             "statement_name": command.statement_name,
             "op": command.op,
@@ -113,4 +123,42 @@ def session_end(
 def auth_failure(*, protocol: str, source: str, reason: str, issuer: str | None) -> str:
     return canonical_json(
         {"protocol": protocol, "source": source, "reason": reason, "issuer": issuer}
+    )
+
+
+def render_cell(value: bytes | str | None) -> JsonParam:
+    """A result cell as recorded: like a parameter (text, ``{"base64": …}`` or ``null``)."""
+    if isinstance(value, str):
+        return value
+    return render_param(value)
+
+
+def query_rows(
+    seq: int,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[bytes | str | None]],
+    *,
+    truncated: bool,
+) -> str:
+    return canonical_json(
+        {
+            "statement_seq": seq,
+            "columns": list(columns),
+            "rows": [[render_cell(c) for c in row] for row in rows],
+            "truncated": truncated,
+        }
+    )
+
+
+def backlog_dropped(
+    *, sink: str, dropped: int, first_event_id: int | None, last_event_id: int | None, bound: int
+) -> str:
+    return canonical_json(
+        {
+            "sink": sink,
+            "dropped": dropped,
+            "first_event_id": first_event_id,
+            "last_event_id": last_event_id,
+            "max_backlog": bound,
+        }
     )

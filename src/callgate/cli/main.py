@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import typer
 
-from callgate.cli import access, certs, check, demo, keys, policy, reviews, serve, sessions, token
+from callgate.cli import (
+    access,
+    audit,
+    certs,
+    check,
+    demo,
+    keys,
+    policy,
+    reviews,
+    serve,
+    sessions,
+    token,
+)
 
 app = typer.Typer(
     name="callgate",
@@ -24,6 +36,7 @@ app.add_typer(policy.app, name="policy")
 app.add_typer(token.app, name="token")
 app.add_typer(reviews.app, name="reviews")
 app.add_typer(access.app, name="access")
+app.add_typer(audit.app, name="audit")
 
 
 def main() -> None:

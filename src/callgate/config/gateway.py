@@ -15,8 +15,10 @@ from callgate.config.fields import (
     ConfigPath,
     ExistingFile,
     HttpUrl,
+    NonEmptyStr,
     NonNegativeInt,
     PositiveDuration,
+    PositiveInt,
     Secret,
     base_dir,
     describe_type,
@@ -26,6 +28,21 @@ from callgate.config.fields import (
 from callgate.config.sizes import GiB, MiB
 
 DEFAULT_STORE: Final = "sqlite:///./callgate.db"
+
+#: Seconds between signed checkpoints (when some chain moved). A tail cut off the store after the
+#: last checkpoint cannot be told from one never written, so this bounds what truncation can hide.
+DEFAULT_CHECKPOINT_INTERVAL: Final = timedelta(seconds=10)
+#: How often retention looks for sessions past ``retention``.
+DEFAULT_RETENTION_EVERY: Final = timedelta(hours=1)
+#: JSONL export file size at which it is rotated (``audit.jsonl`` -> ``audit.jsonl.1`` ...).
+DEFAULT_JSONL_MAX_BYTES: Final = 100 * MiB
+#: Rotated JSONL files kept beside the current one.
+DEFAULT_JSONL_KEEP: Final = 5
+#: Undelivered events kept per sink. A dead sink must not grow the store without bound: past
+#: this, the oldest are dropped and an ``export.backlog_dropped`` event says which.
+DEFAULT_MAX_BACKLOG: Final = 100_000
+#: Events per delivery (one webhook POST, one file write).
+DEFAULT_EXPORT_BATCH: Final = 100
 
 #: Largest protocol frame relayed at all. PostgreSQL itself refuses anything past 1 GB
 #: (MaxAllocSize), so a larger length prefix is a bug or an attack, never real traffic.
@@ -79,6 +96,16 @@ class ExportSinkConfig(ConfigModel):
     #: HMAC key used to sign webhook bodies
     secret: Secret | None = None
     syslog: str | None = None
+    #: what each exported event looks like: callgate's own JSON, or OCSF 1.x
+    format: Literal["jsonl", "ocsf"] = "jsonl"
+    #: jsonl: rotate the file when it reaches this size
+    max_bytes: ByteSize = DEFAULT_JSONL_MAX_BYTES
+    #: jsonl: rotated files kept (``FILE.1`` is the newest)
+    keep: PositiveInt = DEFAULT_JSONL_KEEP
+    #: undelivered events kept for this sink; past it the oldest are dropped (and audited)
+    max_backlog: PositiveInt = DEFAULT_MAX_BACKLOG
+    #: events per delivery
+    batch: PositiveInt = DEFAULT_EXPORT_BATCH
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ExportSinkConfig:
@@ -88,6 +115,9 @@ class ExportSinkConfig(ConfigModel):
             raise message_error(f"expected exactly one of jsonl, webhook, syslog; found {found}")
         if self.secret is not None and self.webhook is None:
             raise path_error("secret", "secret is only used with webhook")
+        for key in ("max_bytes", "keep"):
+            if key in self.model_fields_set and self.jsonl is None:
+                raise path_error(key, f"{key} is only used with jsonl")
         if self.syslog is not None:
             _syslog_target(self.syslog)
         return self
@@ -128,6 +158,13 @@ class AuditConfig(ConfigModel):
     #: rows of each result kept (masked) in the recording
     record_rows: NonNegativeInt = 0
     export: tuple[ExportSinkConfig, ...] = ()
+    #: how often a signed checkpoint covers the chain heads that moved (also at every session end)
+    checkpoint_interval: PositiveDuration = DEFAULT_CHECKPOINT_INTERVAL
+    #: how often retention runs (with ``retention`` set)
+    retention_every: PositiveDuration = DEFAULT_RETENTION_EVERY
+    #: this gateway's name in the store (default: the host name). On start a gateway closes its own
+    #: sessions left open by a crash, so replicas sharing a PostgreSQL store need distinct names.
+    instance: NonEmptyStr | None = None
 
 
 class LimitsConfig(ConfigModel):

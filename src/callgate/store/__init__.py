@@ -1,5 +1,18 @@
 """The store: sessions, events, API-key hashes, checkpoints (see :mod:`callgate.store.base`)."""
 
+from callgate.store.audit_records import (
+    Checkpoint,
+    CheckpointRecord,
+    ClaimOutbox,
+    CloseInterrupted,
+    Heartbeat,
+    OutboxDelivered,
+    OutboxFailed,
+    OutboxItem,
+    OutboxStatus,
+    PurgeSessions,
+    TrimOutbox,
+)
 from callgate.store.base import Store
 from callgate.store.chain import (
     ZERO_HASH,
@@ -8,6 +21,7 @@ from callgate.store.chain import (
     chain_hash,
     first_broken_link,
 )
+from callgate.store.checkpoints import AuditWriterSettings, CheckpointSigner, load_public_key
 from callgate.store.errors import StoreClosed, StoreConflict, StoreError, StoreUnavailable
 from callgate.store.records import (
     ApiKeyRecord,
@@ -33,10 +47,22 @@ __all__ = [
     "ZERO_HASH",
     "ApiKeyRecord",
     "AppendEvent",
+    "AuditWriterSettings",
+    "Checkpoint",
+    "CheckpointRecord",
+    "CheckpointSigner",
+    "ClaimOutbox",
+    "CloseInterrupted",
     "EndSession",
     "EventRecord",
+    "Heartbeat",
     "InsertApiKey",
     "InsertSession",
+    "OutboxDelivered",
+    "OutboxFailed",
+    "OutboxItem",
+    "OutboxStatus",
+    "PurgeSessions",
     "RevokeApiKey",
     "SessionRecord",
     "SqliteStore",
@@ -46,11 +72,13 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "TouchApiKey",
+    "TrimOutbox",
     "WriteOp",
     "canonical_event",
     "canonical_json",
     "chain_hash",
     "first_broken_link",
+    "load_public_key",
     "open_store",
     "open_store_from_config",
     "sqlite_path",

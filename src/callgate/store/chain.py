@@ -128,6 +128,20 @@ class ChainBatch:
             append((sid, seq, ts, event.type, event.payload, prev, digest))
         return rows
 
+    def set_head(self, chain: str | None, seq: int, digest: str) -> None:
+        """Continue ``chain`` from ``(seq, digest)`` read from the store (a chain this writer does
+        not hold: a session left open by a crash, or the shared chain outside sessions that
+        several gateways append to). ``seq`` 0 with :data:`ZERO_HASH` means an empty chain."""
+        self._pending[chain] = (seq, digest, bytes.fromhex(digest))
+
+    def holds(self, chain: str | None) -> bool:
+        """Whether this writer has ``chain`` open (committed or in this transaction)."""
+        return chain in self._pending or chain in self._heads
+
+    def pending_heads(self) -> dict[str | None, tuple[int, str]]:
+        """The heads this transaction moved: ``{chain: (seq, hash)}``."""
+        return {chain: (head[0], head[1]) for chain, head in self._pending.items() if head[0]}
+
     def close(self, session_id: str) -> None:
         """Forget the session's head after commit (its ``session.end`` is the last link)."""
         self._closed.append(session_id)

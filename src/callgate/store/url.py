@@ -1,4 +1,5 @@
-"""Open a store from its URL: ``sqlite:///relative.db``, ``sqlite:////abs/path.db``."""
+"""Open a store from its URL: ``sqlite:///relative.db``, ``sqlite:////abs/path.db``,
+``postgresql://user@host:5432/database``."""
 
 from __future__ import annotations
 
@@ -43,11 +44,13 @@ def open_store(
         return SqliteStore(path, busy_timeout=busy_timeout)
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme in {"postgresql", "postgres"}:
-        raise StoreError(
-            "the PostgreSQL store is not available yet; use gateway.store: sqlite:///path/to/file.db"
-        )
+        # imported here: asyncpg is needed only by gateways that use a PostgreSQL store
+        from callgate.store.postgres import PostgresStore
+
+        return PostgresStore(url)
     raise StoreError(
         f"unsupported store URL scheme {scheme or url!r}: expected sqlite:///path/to/file.db"
+        " or postgresql://USER@HOST/DATABASE"
     )
 
 

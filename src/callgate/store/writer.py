@@ -46,6 +46,15 @@ class BatchSink(Protocol):
 
     def close(self) -> None: ...
 
+    def idle(self) -> None:
+        """Called when nothing was queued for :data:`IDLE_TICK` seconds (time-based work such as
+        an interval checkpoint that no write came along to carry). Never raises."""
+        ...
+
+
+#: Seconds the writer waits for work before calling :meth:`BatchSink.idle`.
+IDLE_TICK = 0.5
+
 
 def _settle(pairs: list[tuple[Waiter, Outcome]]) -> None:
     """Runs on the waiters' event loop."""
@@ -130,7 +139,11 @@ class GroupCommitWriter:
         stopping = False
         try:
             while not stopping:
-                first = get()
+                try:
+                    first = get(timeout=IDLE_TICK)
+                except queue.Empty:
+                    self._idle()
+                    continue
                 if first is None:
                     break
                 batch = [first]
@@ -147,6 +160,12 @@ class GroupCommitWriter:
         finally:
             self._fail_leftovers()
             self._sink.close()
+
+    def _idle(self) -> None:
+        try:
+            self._sink.idle()
+        except Exception:
+            log.exception("store writer: unexpected error in idle work")
 
     def _write(self, batch: list[_Item]) -> None:
         try:
