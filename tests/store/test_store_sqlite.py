@@ -306,9 +306,13 @@ def test_api_key_rows(store: Store) -> None:
     asyncio.run(main())
 
 
-def test_waiters_on_several_event_loops(store: Store) -> None:
-    """Each loop's waiters are woken on their own loop."""
+@pytest.mark.parametrize("writer", ["thread"])
+def test_waiters_on_several_event_loops(tmp_path: Path, writer: str) -> None:
+    """With the thread writer, each loop's waiters are woken on their own loop. (The default loop
+    writer belongs to the one loop of the gateway; several loops need ``writer="thread"``.)"""
     import threading
+
+    store = SqliteStore(tmp_path / "loops.db", writer=writer)
 
     errors: list[BaseException] = []
 
@@ -326,6 +330,7 @@ def test_waiters_on_several_event_loops(store: Store) -> None:
         t.start()
     for t in threads:
         t.join()
+    asyncio.run(store.close())
     assert errors == []
 
 

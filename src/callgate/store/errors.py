@@ -16,6 +16,10 @@ class StoreUnavailable(StoreError):
     """
 
 
+class StoreBusy(StoreUnavailable):
+    """Another process holds the database's write lock; trying again later may succeed."""
+
+
 class StoreConflict(StoreError):
     """One write broke a constraint (e.g. a duplicate API key name). Only that write fails."""
 

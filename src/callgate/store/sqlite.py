@@ -22,7 +22,7 @@ from typing import Any
 from callgate.store.audit_records import AUDIT_OPS
 from callgate.store.base import Store
 from callgate.store.chain import ChainBatch, ChainHeads
-from callgate.store.errors import StoreConflict, StoreError, StoreUnavailable
+from callgate.store.errors import StoreBusy, StoreConflict, StoreError, StoreUnavailable
 from callgate.store.records import (
     ApiKeyRecord,
     AppendEvent,
@@ -41,7 +41,11 @@ from callgate.store.records import (
 )
 from callgate.store.schema import LATEST_VERSION, SQLITE_MIGRATIONS, Migration
 from callgate.store.sqlite_audit import SqliteAudit, SqliteAuditReads, TxState
-from callgate.store.writer import MAX_BATCH_ITEMS, GroupCommitWriter, Outcome
+from callgate.store.writer import MAX_BATCH_ITEMS, GroupCommitWriter, LoopWriter, Outcome
+
+# SQLite result codes: another connection holds the lock.
+SQLITE_BUSY = 5
+SQLITE_LOCKED = 6
 
 log = logging.getLogger("callgate.store")
 
@@ -273,6 +277,10 @@ class _SqliteSink:
                 return [StoreConflict(f"store write refused: {exc}")]
             # One item broke a constraint: isolate it so the others still commit.
             return [self.write([item])[0] for item in batch]
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorcode", None) in (SQLITE_BUSY, SQLITE_LOCKED)
+            kind = StoreBusy if busy else StoreUnavailable
+            return [kind(f"store write failed: {exc}")] * len(batch)
         except (sqlite3.Error, OSError) as exc:
             error = StoreUnavailable(f"store write failed: {exc}")
             return [error] * len(batch)
@@ -435,7 +443,10 @@ class SqliteStore(SqliteAuditReads, Store):
         *,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         max_batch: int = MAX_BATCH_ITEMS,
+        writer: str = "loop",
     ) -> None:
+        """``writer``: ``loop`` (group commit on the event loop's thread; the default) or
+        ``thread`` (a writer thread of its own, for callers that write from several threads)."""
         self._path = Path(path)
         if not self._path.parent.is_dir():
             raise StoreUnavailable(f"store directory {self._path.parent} does not exist")
@@ -447,9 +458,15 @@ class SqliteStore(SqliteAuditReads, Store):
             raise StoreUnavailable(f"cannot open store {self._path}: {exc}") from exc
         self._read_lock = threading.Lock()
         self._checkpointer = _Checkpointer(self._path, busy_timeout)
-        sink = _SqliteSink(self._path, busy_timeout, self._checkpointer)
+        self._writer: GroupCommitWriter | LoopWriter
+        if writer == "thread":
+            sink = _SqliteSink(self._path, busy_timeout, self._checkpointer)
+            self._writer = GroupCommitWriter(sink, max_batch=max_batch)
+        else:
+            # The loop must never sleep on SQLite's lock: the writer retries instead.
+            sink = _SqliteSink(self._path, 0.0, self._checkpointer)
+            self._writer = LoopWriter(sink, max_batch=max_batch, busy_timeout=busy_timeout)
         self.audit_state = sink.audit
-        self._writer = GroupCommitWriter(sink, max_batch=max_batch)
         try:
             self._writer.start()
         except (sqlite3.Error, OSError) as exc:
@@ -632,7 +649,10 @@ class SqliteStore(SqliteAuditReads, Store):
         if self._closed:
             return
         self._closed = True
-        await asyncio.to_thread(self._writer.stop)
+        if isinstance(self._writer, LoopWriter):
+            self._writer.stop()  # its connection belongs to this thread
+        else:
+            await asyncio.to_thread(self._writer.stop)
         await asyncio.to_thread(self._checkpointer.stop)
         with self._read_lock:
             self._reader.close()
