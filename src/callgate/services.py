@@ -50,6 +50,11 @@ class SessionRecorder(Protocol):
         (already masked). Queued; never blocks."""
         ...
 
+    def masked(self, seq: int, columns: Sequence[tuple[str, str, int]]) -> None:
+        """Record which result columns of statement ``seq`` were masked: ``(column, source,
+        values changed)`` each, never a value. Queued; never blocks."""
+        ...
+
     async def end(self, reason: str, *, bytes_from_client: int, bytes_to_client: int) -> None:
         """Record the end of the session (always called once, whatever ended it)."""
         ...

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from callgate.masking.catalog import resolve_columns
+from callgate.masking.detectors import DetectorSet
 from callgate.masking.errors import MaskingFailed
 from callgate.masking.lineage import statement_lineage
 from callgate.masking.rows import (
@@ -276,10 +277,15 @@ def test_property_masked_values_never_leave_and_the_rest_is_untouched(
                 assert after is None or before not in after or len(before) < 4
             continue
         if detect_style is None or not any(s.encode() in before for s in SECRETS):
+            if not _not_utf8(before) and DETECT.find(before.decode()):
+                continue  # a random value that is itself an email or a card number
             assert after == before, "an unmasked value changed"
             continue
         for secret in SECRETS:
             assert after is None or secret.encode() not in after
+
+
+DETECT = DetectorSet.compile(["email", "credit_card"])
 
 
 def _not_utf8(raw: bytes) -> bool:

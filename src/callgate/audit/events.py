@@ -20,6 +20,8 @@ SESSION_END = "session.end"
 AUTH_FAILURE = "auth.failure"
 #: the first rows of a result as the caller received them (``gateway.audit.record_rows``)
 QUERY_ROWS = "query.rows"
+#: which result columns of a statement were masked, why and how many values (never a value)
+QUERY_MASKED = "query.masked"
 #: an export sink's backlog passed its bound and its oldest undelivered events were dropped
 BACKLOG_DROPPED = "export.backlog_dropped"
 #: ``end_reason`` of a session closed at start because the gateway serving it had died
@@ -146,6 +148,17 @@ def query_rows(
             "columns": list(columns),
             "rows": [[render_cell(c) for c in row] for row in rows],
             "truncated": truncated,
+        }
+    )
+
+
+def query_masked(seq: int, columns: Sequence[tuple[str, str, int]]) -> str:
+    return canonical_json(
+        {
+            "statement_seq": seq,
+            "columns": [
+                {"column": name, "source": why, "values": count} for name, why, count in columns
+            ],
         }
     )
 

@@ -142,6 +142,10 @@ def _sql_activity(event: EventRecord, data: dict[str, Any]) -> tuple[int, dict[s
         uid = f"{event.session_id}:{data.get('statement_seq')}"
         info = {"uid": uid, "data": {"columns": data.get("columns"), "rows": data.get("rows")}}
         return _READ, {**_status(True), "query_info": info}, "result rows recorded"
+    if kind == "query.masked":
+        uid = f"{event.session_id}:{data.get('statement_seq')}"
+        info = {"uid": uid, "data": {"masked": data.get("columns")}}
+        return _READ, {**_status(True), "query_info": info}, "result values masked"
     if kind == "session.end":
         fields = {**_status(True), "activity_name": "Disconnect"}
         return _OTHER, fields, f"session ended: {data.get('reason')}"

@@ -421,6 +421,17 @@ class SessionRecorder:
             (AppendEvent(self._id, self._seq, self._clock(), events.QUERY_ROWS, payload),)
         )
 
+    def masked(self, seq: int, columns: Sequence[tuple[str, str, int]]) -> None:
+        """Record which result columns of statement ``seq`` were masked, why and how many
+        values. Queued; never blocks the data path."""
+        if self._ended or not columns:
+            return
+        self._seq += 1
+        payload = events.query_masked(seq, columns)
+        self._service._queue(
+            (AppendEvent(self._id, self._seq, self._clock(), events.QUERY_MASKED, payload),)
+        )
+
     async def end(self, reason: str, *, bytes_from_client: int, bytes_to_client: int) -> None:
         if self._ended:
             return

@@ -85,6 +85,13 @@ def summarize(event: EventRecord) -> str:
             else f"{data.get('tag') or 'ok'}"
         )
         return f"#{data.get('statement_seq')} {outcome} ({data.get('duration_ms')} ms)"
+    if event.type == "query.masked":
+        columns = ", ".join(
+            f"{c.get('column')} ({c.get('source')}): {c.get('values')}"
+            for c in data.get("columns") or []
+            if isinstance(c, dict)
+        )
+        return f"#{data.get('statement_seq')} masked {columns}"
     if event.type == "session.end":
         return (
             f"{data.get('reason')}; {data.get('statements')} statements,"

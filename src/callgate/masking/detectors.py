@@ -79,7 +79,8 @@ def iban_valid(text: str) -> bool:
 
 def _card(text: str) -> bool:
     digits = text.replace(" ", "").replace("-", "")
-    return 13 <= len(digits) <= 19 and luhn_valid(digits)
+    # One digit repeated (0000000000000, a common placeholder) passes Luhn but is no card.
+    return 13 <= len(digits) <= 19 and len(set(digits)) > 1 and luhn_valid(digits)
 
 
 def _ssn(text: str) -> bool:

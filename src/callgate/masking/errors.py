@@ -11,6 +11,9 @@ class MaskingFailed(UpstreamError):
     statement: callgate never lets a value through because masking it failed (SPEC §5)."""
 
     sqlstate = "XX000"
+    #: rows of the result may already be with the caller: the PostgreSQL engine ends the session
+    #: (the only way to stop the result and keep client and server in step)
+    fatal = True
     mysql_code = 1105
     http_status = 502
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Final
@@ -35,6 +35,8 @@ from callgate.masking.styles import REDACTED, Style, replace_hits
 
 _I16: Final = struct.Struct("!h")
 _I32: Final = struct.Struct("!i")
+_LEN: Final = struct.Struct("!I")
+_HEADER: Final = struct.Struct("!BI")
 _FIELD: Final = struct.Struct("!ihihih")  # table oid, attnum, type oid, typlen, typmod, format
 NULL_FIELD: Final = b"\xff\xff\xff\xff"
 _NO_FLAGS: Final[list[int]] = []
@@ -105,6 +107,12 @@ CARD_MIN: Final = 10**12
 SCAN_NEVER: Final = 0
 SCAN_FLAGGED: Final = 1  # when the prefilter flags bytes inside the value
 SCAN_ALWAYS: Final = 2  # the prefilter cannot see the digits (binary int8/numeric)
+
+# what the DataRow loop does with a column
+_OP_PASS: Final = 0
+_OP_WHOLE: Final = 1  # a column rule: the whole value
+_OP_FLAGGED: Final = 2  # detectors, where the prefilter flagged the value
+_OP_ALWAYS: Final = 3  # detectors, always
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +240,10 @@ class RowRewriter:
     _always_scan: bool = field(init=False)
     _flagger: DetectorSet | None = field(init=False)
     _all_detectors: set[int] = field(init=False)
+    #: per column: what to do (``_OP_*``), and for a column rule the masked field (length and
+    #: bytes) as a constant or as a function of the value's bytes, compiled once per result
+    _ops: tuple[int, ...] = field(init=False)
+    _whole: tuple[bytes | Callable[[bytes], bytes] | None, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         cols = self.columns
@@ -268,6 +280,25 @@ class RowRewriter:
             set(range(len(self.detectors.names))) if self.detectors is not None else set(),
         )
         setattr_(self, "is_noop", not any(masked) and not any(scanned))
+        ops = []
+        for c in cols:
+            if c is None:
+                ops.append(_OP_PASS)
+            elif c.style is not None:
+                ops.append(_OP_WHOLE)
+            elif self.detectors is None or c.scan == SCAN_NEVER:
+                ops.append(_OP_PASS)
+            else:
+                ops.append(_OP_ALWAYS if c.scan == SCAN_ALWAYS else _OP_FLAGGED)
+        setattr_(self, "_ops", tuple(ops))
+        setattr_(
+            self,
+            "_whole",
+            tuple(
+                _whole_masker(c.style, c.kind) if c is not None and c.style is not None else None
+                for c in cols
+            ),
+        )
 
     # -- RowDescription -----------------------------------------------------------------------
 
@@ -291,25 +322,27 @@ class RowRewriter:
             return body
         flagger = self._flagger
         flags = flagger.flag(body) if flagger is not None else _NO_FLAGS
-        columns = self.columns
-        ncols = len(columns)
-        if flags or self._always_scan:
+        ops = self._ops
+        ncols = len(ops)
+        always = self._always_scan
+        last_static = self._last_static
+        if flags or always:
             stop = ncols
         else:
-            stop = self._last_static + 1
+            stop = last_static + 1
             if stop == 0:
                 return body
         n = len(body)
         if n < 2 or ((body[0] << 8) | body[1]) != ncols:
             raise MaskingFailed("a data row does not match its row description")
         unpack = _I32.unpack_from
+        whole = self._whole
+        counts = self.counts
         pos = 2
         last = 0
         out: list[bytes] | None = None
         fi = 0
         nflags = len(flags)
-        last_static = self._last_static
-        always = self._always_scan
         try:
             for i in range(stop):
                 length = unpack(body, pos)[0]
@@ -322,34 +355,44 @@ class RowRewriter:
                 end = start + length
                 if end > n:
                     raise MaskingFailed("truncated data row")
-                col = columns[i]
-                if col is None:
+                op = ops[i]
+                if op == _OP_PASS:
                     pos = end
                     continue
-                which: set[int] | None = None
-                if col.scan == SCAN_FLAGGED and fi < nflags:
-                    # A flag in this column's length field belongs to a hit that starts there
-                    # and runs into the value.
-                    low = pos << TAG_BITS
-                    while fi < nflags and flags[fi] < low:
-                        fi += 1
-                    high = end << TAG_BITS
-                    while fi < nflags and flags[fi] < high:
-                        if which is None:
-                            which = set()
-                        which.add(flags[fi] & TAG_MASK)
-                        fi += 1
-                elif col.scan == SCAN_ALWAYS:
-                    which = self._all_detectors
-                if col.style is not None or which is not None:
-                    new = self._mask(col, body[start:end], which)
-                    if new is not None:
-                        if out is None:
-                            out = []
-                        out.append(body[last:pos])
-                        out.append(new)
-                        last = end
-                        self.counts[i] += 1
+                new: bytes | None
+                if op == _OP_WHOLE:
+                    w = whole[i]
+                    new = w if isinstance(w, bytes) else w(body[start:end])  # type: ignore[misc]
+                else:
+                    which: set[int] | None = None
+                    if op == _OP_FLAGGED:
+                        if fi < nflags:
+                            # A flag in this column's length field belongs to a hit that starts
+                            # there and runs into the value.
+                            low = pos << TAG_BITS
+                            while fi < nflags and flags[fi] < low:
+                                fi += 1
+                            high = end << TAG_BITS
+                            while fi < nflags and flags[fi] < high:
+                                if which is None:
+                                    which = set()
+                                which.add(flags[fi] & TAG_MASK)
+                                fi += 1
+                    else:
+                        which = self._all_detectors
+                    col = self.columns[i]
+                    new = (
+                        self._mask(col, body[start:end], which)
+                        if which is not None and col is not None
+                        else None
+                    )
+                if new is not None:
+                    if out is None:
+                        out = []
+                    out.append(body[last:pos])
+                    out.append(new)
+                    last = end
+                    counts[i] += 1
                 pos = end
                 if fi >= nflags and i >= last_static and not always:
                     break  # nothing left to mask: the rest of the row goes as it is
@@ -360,23 +403,44 @@ class RowRewriter:
         out.append(body[last:])
         return b"".join(out)
 
+    def rewrite_rows(self, buf: bytes, pos: int, limit: int) -> tuple[list[bytes] | None, int]:
+        """Rewrite the whole DataRow messages (header included) found one after another in
+        ``buf[pos:limit]``; stops at the first other or incomplete message.
+
+        Returns the bytes to send for ``buf[pos:stop]`` (``None``: they are unchanged) and
+        ``stop``. One call for a run of rows keeps the per-row cost of the engine down."""
+        out: list[bytes] | None = None
+        mark = pos
+        unpack = _LEN.unpack_from
+        rewrite = self.rewrite_data_row
+        header = _HEADER.pack
+        while limit - pos >= 5 and buf[pos] == 68:  # "D"
+            end = pos + 1 + unpack(buf, pos + 1)[0]
+            if end > limit:
+                break
+            body = buf[pos + 5 : end]
+            new = rewrite(body)
+            if new is not body:
+                if out is None:
+                    out = []
+                out.append(buf[mark:pos])
+                out.append(header(68, len(new) + 4))
+                out.append(new)
+                mark = end
+            pos = end
+        if out is not None and mark < pos:
+            out.append(buf[mark:pos])
+        return out, pos
+
     def _mask(self, col: ColumnMask, raw: bytes, which: set[int] | None) -> bytes | None:
         """The new field (length + bytes) for one value, ``None`` to keep it as it is.
 
         ``which``: the detectors (by index) that flagged the value, to run on it."""
         style = col.style
-        kind = col.kind
         if style is not None:
-            name = style.name
-            if name == "null" or kind >= K_INT8_BIN:
-                return NULL_FIELD
-            if name == "redact":
-                return _REDACTED_FIELD
-            payload = raw[1:] if kind == K_JSONB_BIN else raw
-            if name == "hash":
-                return _field(style.token(payload).encode("ascii"))
-            masked = style.whole(_decode(payload))
-            return NULL_FIELD if masked is None else _field(masked.encode("utf-8"))
+            w = _whole_masker(style, col.kind)
+            return w if isinstance(w, bytes) else w(raw)
+        kind = col.kind
         detectors = self.detectors
         if detectors is None or which is None:  # pragma: no cover - callers check
             return None
@@ -413,6 +477,47 @@ class RowRewriter:
 
 def _field(data: bytes) -> bytes:
     return _I32.pack(len(data)) + data
+
+
+def _whole_masker(style: Style, kind: int) -> bytes | Callable[[bytes], bytes]:
+    """What a value of ``kind`` masked whole in ``style`` becomes: a constant field, or a
+    function of the value's bytes giving the field (length and bytes)."""
+    name = style.name
+    if name == "null" or kind >= K_INT8_BIN:
+        return NULL_FIELD
+    if name == "redact":
+        return _REDACTED_FIELD
+    jsonb = kind == K_JSONB_BIN
+    pack = _I32.pack
+    if name == "hash":
+
+        def hashed(raw: bytes) -> bytes:
+            token = style.token(raw[1:] if jsonb else raw).encode("ascii")
+            return pack(len(token)) + token
+
+        return hashed
+    if name == "partial":
+        keep = style.keep
+
+        def partial(raw: bytes) -> bytes:
+            payload = raw[1:] if jsonb else raw
+            if payload.isascii():  # characters are bytes: no decoding (the common case)
+                n = len(payload)
+                visible = min(keep, n // 2)
+                if visible <= 0:
+                    data = b"*" * max(n, 4)
+                else:
+                    data = b"*" * (n - visible) + payload[n - visible :]
+                return pack(len(data)) + data
+            return _whole_text(style, payload)
+
+        return partial
+    return lambda raw: _whole_text(style, raw[1:] if jsonb else raw)
+
+
+def _whole_text(style: Style, payload: bytes) -> bytes:
+    masked = style.whole(_decode(payload))
+    return NULL_FIELD if masked is None else _field(masked.encode("utf-8"))
 
 
 _REDACTED_FIELD: Final = _field(REDACTED.encode("ascii"))

@@ -56,7 +56,9 @@ def start_corpus_gateway(
             }
         ],
         "policies": raw["config"]["policies"],
-        "approvals": raw["config"]["approvals"],
+        # Reviews answer at once (deferred): nobody approves here, and a hold would wait out
+        # its timeout for every review case. Holds have their own tests (test_approvals_e2e).
+        "approvals": [{**a, "mode": "deferred"} for a in raw["config"]["approvals"]],
     }
     gw = gateway(config, env={"CG_TEST_UPSTREAM_PASSWORD": cluster.password})
     return gw, gw.create_key(CORPUS.principal.subject, sorted(CORPUS.principal.groups))
@@ -131,6 +133,9 @@ def test_corpus_through_psycopg_and_asyncpg(
         and c.search_path == ("public",)
         and not c.sets_search_path  # one shared session: a changed path fails closed after it
         and not ({"copy_to", "copy_from"} & c.kinds and c.decision == "allow")  # needs copy()
+        # A reviewed statement's Parse goes to the server (the review binds to its parameters,
+        # decided at Execute): one the server itself rejects fails there, before any review.
+        and not (c.decision == "review" and not c.run)
     ]
     problems: list[str] = []
     dsn = f"host=127.0.0.1 port={gw.port} dbname=app user=alice password='{key}' sslmode=disable"

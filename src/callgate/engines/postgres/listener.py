@@ -7,7 +7,10 @@ import logging
 import ssl
 from typing import TYPE_CHECKING
 
+from callgate.engines.postgres.mask_session import CatalogCache
 from callgate.engines.postgres.session import PostgresSession, new_cancel_key
+from callgate.engines.postgres.upstream import UpstreamTarget
+from callgate.identity.secret_key import secret_key_from_config
 from callgate.services import Services
 from callgate.tls import client_context, server_context
 
@@ -30,6 +33,9 @@ class PostgresListener:
         self._by_cancel_key: dict[tuple[int, int], PostgresSession] = {}
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        #: per connection: the upstream catalog masking resolves columns with
+        self._catalogs: dict[str, CatalogCache] = {}
+        self._secret_key: bytes | None = None
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
@@ -47,6 +53,21 @@ class PostgresListener:
         """New sessions use the new config; live sessions keep the one they started with."""
         self.services = services
         self._upstream_ctx.clear()
+        self._catalogs.clear()
+        self._secret_key = None
+
+    def secret_key(self) -> bytes:
+        """The gateway's HMAC key (``hash`` mask tokens), read once."""
+        if self._secret_key is None:
+            self._secret_key = secret_key_from_config(self.services.config)
+        return self._secret_key
+
+    def catalog(self, connection: str, target: UpstreamTarget) -> CatalogCache:
+        """The catalog cache of ``connection`` (shared by its sessions)."""
+        cache = self._catalogs.get(connection)
+        if cache is None:
+            cache = self._catalogs[connection] = CatalogCache(target)
+        return cache
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = PostgresSession(self.services, self, self.config, reader, writer)

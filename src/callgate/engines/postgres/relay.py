@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from callgate.engines.postgres.masker import MaskingStopped, ResultMasker
 from callgate.engines.postgres.refusal import ResponseRewriter
 from callgate.errors import (
     CallgateError,
@@ -19,6 +20,7 @@ from callgate.errors import (
     UpstreamProtocolViolation,
     UpstreamUnavailable,
 )
+from callgate.protocols.postgres import messages as m
 from callgate.protocols.postgres.framing import BackendObserver, Frame
 
 #: Bytes buffered towards a slow caller before reading from the upstream pauses.
@@ -34,6 +36,7 @@ class UpstreamRelay(asyncio.Protocol):
         on_frame: Callable[[Frame], None],
         client_writer: asyncio.StreamWriter,
         count_out: Callable[[int], None],
+        masker: ResultMasker | None = None,
     ):
         self._observer = observer
         self._rewriter = rewriter
@@ -43,6 +46,10 @@ class UpstreamRelay(asyncio.Protocol):
         self._count_out = count_out
         self._transport: asyncio.Transport | None = None
         self._draining = False
+        self._drain_task: asyncio.Future[None] | None = None
+        #: masks results after the refusal rewriter (None: no mask rule, bytes go in bulk);
+        #: swapped by the session between statements when a reload changes the rules
+        self.masker = masker
         #: resolves with the reason the upstream side ended (an exception for failures)
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
@@ -61,11 +68,25 @@ class UpstreamRelay(asyncio.Protocol):
                 data, frames = self._rewriter.process(data)
             else:
                 frames = self._observer.feed(data)
+            masker = self.masker
+            if masker is not None:
+                if data:
+                    data = masker.process(data)
+                frames = [_scrubbed(f, masker) for f in frames]
             if data:
                 self._client_t.write(data)
                 self._count_out(len(data))
             for f in frames:
                 self._on_frame(f)
+        except MaskingStopped as stop:
+            # Whole messages before the one that could not be masked go out; then the session
+            # ends with the error (rows may already have been delivered: the statement cannot be
+            # ended in a way the client would read as a normal failure).
+            if stop.output:
+                self._client_t.write(stop.output)
+                self._count_out(len(stop.output))
+            self._fail(stop.error)
+            return
         except ProtocolViolation as exc:
             self._fail(UpstreamProtocolViolation(f"upstream sent malformed data: {exc}"))
             return
@@ -76,7 +97,14 @@ class UpstreamRelay(asyncio.Protocol):
             self._draining = True
             assert self._transport is not None
             self._transport.pause_reading()
-            asyncio.ensure_future(self._drain())
+            self._drain_task = asyncio.ensure_future(self._drain())
+
+    @property
+    def client_at_boundary(self) -> bool:
+        """True when the bytes sent to the client end at a message boundary."""
+        if self.masker is not None:
+            return self.masker.at_boundary
+        return self._observer.at_boundary
 
     async def _drain(self) -> None:
         try:
@@ -100,3 +128,10 @@ class UpstreamRelay(asyncio.Protocol):
             self.done.set_exception(exc)
         if self._transport is not None:
             self._transport.pause_reading()
+
+
+def _scrubbed(f: Frame, masker: ResultMasker) -> Frame:
+    """An ErrorResponse as the caller received it (masked), for the audit record."""
+    if f.type == m.BackendType.ERROR_RESPONSE and masker.scrubbed_errors:
+        return Frame(f.type, masker.scrubbed_errors.popleft())
+    return f

@@ -16,9 +16,9 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
-from callgate.engines.postgres import upstream as up
 from callgate.approvals import Grant, pending_error
-from callgate.engines.postgres.relay import UpstreamRelay
+from callgate.engines.postgres import upstream as up
+from callgate.engines.postgres.mask_session import SessionMasking
 from callgate.engines.postgres.refusal import (
     ResponseRewriter,
     error_frame,
@@ -26,6 +26,7 @@ from callgate.engines.postgres.refusal import (
     stand_in_parse,
     stand_in_query,
 )
+from callgate.engines.postgres.relay import UpstreamRelay
 from callgate.engines.postgres.tracking import StatementTracker
 from callgate.engines.postgres.wire import buffered, read_message
 from callgate.errors import (
@@ -40,9 +41,8 @@ from callgate.errors import (
     SessionTerminated,
     StatementDenied,
     UnknownConnection,
-    UpstreamProtocolViolation,
-    UpstreamUnavailable,
 )
+from callgate.masking import MaskRules, StatementLineage
 from callgate.model import ALLOW_ALL, Decision, Principal, SessionInfo, SqlCommand, Verdict
 from callgate.policy.access import may_connect
 from callgate.policy.classify import Classification, classify, unknown
@@ -90,6 +90,8 @@ _EXTENDED = frozenset(
 class _Prepared:
     sql: str
     classification: Classification
+    #: what feeds its result columns, when mask rules apply
+    lineage: StatementLineage | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,14 @@ class _Portal:
     statement: str
     bind: m.Bind
     classification: Classification
+    lineage: StatementLineage | None = None
+
+
+def _masking_denial(decision: Decision, exc: StatementDenied | None) -> Decision:
+    """The decision to record when the mask plan refuses what the policy let through."""
+    if exc is None or decision.verdict is Verdict.DENY:
+        return decision
+    return Decision(Verdict.DENY, decision.rules, exc.message)
 
 
 def _refusal(decision: Decision) -> StatementDenied:
@@ -153,6 +163,12 @@ class PostgresSession:
         self.connection: str | None = None
         #: the upstream session's search path ($user expanded); None when unknown
         self.search_path: tuple[str, ...] | None = DEFAULT_SEARCH_PATH
+        #: masking of results (None: no mask rule applies to the caller; results go in bulk)
+        self.masking: SessionMasking | None = None
+        self._mask_version = ""
+        self._upstream_relay: UpstreamRelay | None = None
+        #: portals described (by the client, or by callgate before an Execute) since their Bind
+        self._described: set[str] = set()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -212,7 +228,10 @@ class PostgresSession:
     async def _send_error(self, exc: CallgateError) -> None:
         if self.client_w.is_closing():
             return
-        if self._observer is not None and not self._observer.at_boundary:
+        if self._upstream_relay is not None:
+            if not self._upstream_relay.client_at_boundary:
+                return  # mid-way through a message: an error now would corrupt the stream
+        elif self._observer is not None and not self._observer.at_boundary:
             return  # mid-way through an upstream message: an error now would corrupt the stream
         data = m.encode_error(
             exc.sqlstate,
@@ -322,8 +341,13 @@ class PostgresSession:
         self.upstream = await up.connect(self.target, startup.parameters)
 
         self.connection = conn.name
-        if self.listener.services.policy.needs_search_path(principal, conn.name):
+        self._mask_version = self.listener.services.policy.version
+        self.masking = self._new_masking(self._mask_rules())
+        column_rules = self.masking is not None and bool(self.masking.rules.columns)
+        if column_rules or self.listener.services.policy.needs_search_path(principal, conn.name):
             self.search_path = await up.learn_search_path(self.upstream)
+        if self.masking is not None:
+            await self.masking.prepare(self.search_path, idle=True)  # the catalog, if needed
         self._observer = BackendObserver(
             _OBSERVED,
             known=m.BACKEND_TYPES,
@@ -447,6 +471,62 @@ class PostgresSession:
             grants=self.grant_policies,
         )
 
+    # --- masking ------------------------------------------------------------------------------
+
+    def _mask_rules(self) -> MaskRules:
+        """The caller's mask rules under the current policy (the listener's services)."""
+        assert self.principal is not None and self.connection is not None
+        policies = self.listener.services.policy.policies
+        if not any(p.mask for p in policies):
+            return MaskRules()
+        return MaskRules.for_principal(
+            policies,
+            self.principal,
+            self.connection,
+            secret=self.listener.secret_key(),
+            granted=self.grant_policies,
+        )
+
+    def _new_masking(self, rules: MaskRules) -> SessionMasking | None:
+        if rules.is_empty:
+            return None
+        assert self.connection is not None and self.target is not None
+        catalog = self.listener.catalog(self.connection, self.target) if rules.columns else None
+        return SessionMasking(
+            rules, catalog, max_decoded=self.max_decoded, on_masked=self._on_masked
+        )
+
+    async def _mask_prepare(self) -> None:
+        """Before judging a statement: mask rules of a reloaded policy, and a fresh catalog."""
+        assert self.tracker is not None
+        version = self.listener.services.policy.version
+        if version != self._mask_version:
+            self._mask_version = version
+            rules = self._mask_rules()
+            current = self.masking.rules if self.masking is not None else MaskRules()
+            if rules != current:
+                if self.tracker.in_flight:
+                    # Results in flight were planned under the old rules; the masker cannot be
+                    # swapped in the middle of them.
+                    raise SessionTerminated(
+                        "the mask rules for this session changed while results were in flight; "
+                        "reconnect"
+                    )
+                self.masking = self._new_masking(rules)
+                relay = self._upstream_relay
+                if relay is not None:
+                    relay.masker = self.masking.masker if self.masking is not None else None
+        if self.masking is not None:
+            idle = not self.tracker.in_flight and self.tracker.transaction_status == "I"
+            await self.masking.prepare(self.search_path, idle=idle)
+
+    def _on_masked(self, seq: int | None, columns: list[tuple[str, str, int]]) -> None:
+        # Which columns, why and how many values: never a value.
+        what = ", ".join(f"{name} ({why}): {count}" for name, why, count in columns)
+        log.info("session %s: statement %s masked %s", self.id, seq, what)
+        if seq is not None and self.recorder is not None:
+            self.recorder.masked(seq, columns)
+
     async def _record(self, command: SqlCommand, decision: Decision) -> int | CallgateError:
         """Record the statement, then settle a review; the error to answer with if refused."""
         assert self.recorder is not None
@@ -527,6 +607,10 @@ class PostgresSession:
                 self._sql_prepared.clear()
             else:
                 self._sql_prepared.pop(name, None)
+            if self.masking is not None:
+                self.masking.lineage.forget("prepared", name)
+        if self.masking is not None and "ddl" in c.kinds:
+            self.masking.ddl_sent()
         for name, body in c.prepares:
             self._sql_prepared[name] = body
         if c.sets_search_path:
@@ -542,7 +626,10 @@ class PostgresSession:
             self._absorbing = True
         else:
             out += stand_in_query(nonce)
-        self._rewriter.arm(nonce, error_frame(exc), self.tracker.ready_expected())
+        replacement = error_frame(exc)
+        self._rewriter.arm(nonce, replacement, self.tracker.ready_expected())
+        if self.masking is not None:
+            self.masking.masker.refused(replacement, simple=not extended)
         log.info("session %s: refused (%s): %s", self.id, exc.sqlstate, exc.message)
 
     # --- relay: client → upstream ------------------------------------------------------------
@@ -591,6 +678,8 @@ class PostgresSession:
                     tracker.extended()
                 elif t == m.FrontendType.SYNC:
                     tracker.sync()
+                    if self.masking is not None:
+                        self.masking.masker.sync()
                 elif t == m.FrontendType.FUNCTION_CALL:
                     await self._on_function_call(m.decode_function_call(item.body), item, out)
                     continue
@@ -610,7 +699,15 @@ class PostgresSession:
     async def _on_query(self, sql: str, out: bytearray) -> None:
         assert self.tracker is not None
         c = classify(sql)
+        await self._mask_prepare()
         decision = self._decide(c, has_parameters=False)
+        masking = self.masking
+        masks = None
+        if masking is not None and decision.verdict is not Verdict.DENY:
+            try:
+                masks = masking.query_masks(sql)
+            except StatementDenied as exc:
+                decision = _masking_denial(decision, exc)
         result = await self._record(SqlCommand(sql, op="query"), decision)
         if isinstance(result, CallgateError):
             self.tracker.simple(None)
@@ -618,15 +715,24 @@ class PostgresSession:
             return
         self._after_allowed(c)
         self.tracker.simple(result)
+        if masking is not None and masks is not None:
+            masking.masker.query(masks, result)
         out += m.encode_query(sql)
 
     async def _on_parse(self, p: m.Parse, item: Frame, out: bytearray) -> bool:
         """Judge a Parse; True when it is forwarded as it is."""
         c = classify(p.sql)
+        await self._mask_prepare()
         decision = self._decide(c, has_parameters=bool(p.param_types))
+        lineage = None
+        if self.masking is not None and decision.verdict is not Verdict.DENY:
+            try:
+                lineage = self.masking.parse_lineage(p.sql)
+            except StatementDenied as denied:
+                decision = _masking_denial(decision, denied)
         # Parse runs nothing: a statement under review is held at Execute, with its parameters.
         if decision.verdict is not Verdict.DENY:
-            self._prepared[p.name] = _Prepared(p.sql, c)
+            self._prepared[p.name] = _Prepared(p.sql, c, lineage)
             assert self.tracker is not None
             self.tracker.extended()
             return True
@@ -642,6 +748,8 @@ class PostgresSession:
     async def _on_execute(self, e: m.Execute, item: Frame, out: bytearray) -> None:
         assert self.tracker is not None
         portal = self._portals.get(e.portal)
+        await self._mask_prepare()
+        masking = self.masking
         if portal is None:
             # No such portal: the server answers with its own error; nothing runs.
             cmd = SqlCommand("", op="execute")
@@ -650,6 +758,8 @@ class PostgresSession:
                 self._refuse(out, seq, extended=True, name=f"callgate_{new_nonce()}")
                 return
             self.tracker.execute(seq)
+            if masking is not None:
+                masking.masker.execute(e.portal, masking.fallback(), seq)
             out += m.frame(item.type, item.body)
             return
         b = portal.bind
@@ -663,12 +773,26 @@ class PostgresSession:
         # Judged again: the policy may have been reloaded since Parse, and a rule may look at
         # the parameters.
         decision = self._decide(portal.classification, has_parameters=bool(b.params))
+        mask = None
+        if masking is not None and decision.verdict is not Verdict.DENY:
+            try:
+                mask = masking.mask_of(portal.lineage, strict=True)
+            except StatementDenied as exc:
+                decision = _masking_denial(decision, exc)
         result = await self._record(cmd, decision)
         if isinstance(result, CallgateError):
             self._refuse(out, result, extended=True, name=f"callgate_{new_nonce()}")
             return
         self._after_allowed(portal.classification)
         self.tracker.execute(result)
+        if masking is not None and mask is not None:
+            if e.portal not in self._described:
+                # The rows of an Execute carry no description of their own: ask for the
+                # portal's (its answer is not forwarded) so they can be masked by column type.
+                out += m.frame(m.FrontendType.DESCRIBE, b"P" + m.cstr(e.portal))
+                masking.masker.describe_portal(e.portal, mask, swallow=True)
+                self._described.add(e.portal)
+            masking.masker.execute(e.portal, mask, result)
         out += m.frame(item.type, item.body)
 
     async def _on_function_call(self, fc: m.FunctionCall, item: Frame, out: bytearray) -> None:
@@ -676,7 +800,16 @@ class PostgresSession:
         # The fast path names a function by OID only; callgate cannot tell what it does, so it
         # is judged as ``unknown`` (denied unless a rule allows unknown by name).
         c = unknown("fastpath function call by OID")
+        await self._mask_prepare()
         decision = self._decide(c, has_parameters=bool(fc.args))
+        if self.masking is not None:
+            # Its result is one value of unknown source and type: it cannot be masked.
+            decision = _masking_denial(
+                decision,
+                StatementDenied(
+                    "fast-path function calls are refused while mask rules apply to the caller"
+                ),
+            )
         cmd = SqlCommand(
             f"-- fastpath function call, oid {fc.function_oid}",
             params=fc.args,
@@ -696,9 +829,10 @@ class PostgresSession:
         if t == m.FrontendType.BIND:
             b = m.decode_bind(f.body)
             prepared = self._prepared.get(b.statement)
+            self._described.discard(b.portal)
             if prepared is not None:
                 self._portals[b.portal] = _Portal(
-                    prepared.sql, b.statement, b, prepared.classification
+                    prepared.sql, b.statement, b, prepared.classification, prepared.lineage
                 )
             else:
                 self._portals.pop(b.portal, None)
@@ -708,8 +842,21 @@ class PostgresSession:
                 self._prepared.pop(c.name, None)
             else:
                 self._portals.pop(c.name, None)
+                self._described.discard(c.name)
         else:
-            m.decode_describe(f.body)  # validated only
+            d = m.decode_describe(f.body)
+            masking = self.masking
+            if masking is None:
+                return
+            if d.kind == "S":
+                prepared = self._prepared.get(d.name)
+                lineage = prepared.lineage if prepared is not None else None
+                masking.masker.describe_statement(masking.mask_of(lineage))
+            else:
+                portal = self._portals.get(d.name)
+                lineage = portal.lineage if portal is not None else None
+                masking.masker.describe_portal(d.name, masking.mask_of(lineage), swallow=False)
+                self._described.add(d.name)
 
     # --- relay: upstream → client ------------------------------------------------------------
 
@@ -722,7 +869,9 @@ class PostgresSession:
             on_frame=self.tracker.on_backend,
             client_writer=self.client_w,
             count_out=self._count_out,
+            masker=self.masking.masker if self.masking is not None else None,
         )
+        self._upstream_relay = relay
         reader = self.upstream.reader
         leftover = bytes(getattr(reader, "_buffer", b""))  # read during startup, not yet used
         # uvloop's transports implement asyncio.Transport without subclassing it.
