@@ -24,7 +24,8 @@ BENCH_ARGS  ?=
 help:
 	@echo "make test      lint + pytest (what CI runs; sets everything up on a fresh machine)"
 	@echo "make lint      ruff check, ruff format --check, mypy --strict src"
-	@echo "make bench     pgbench: direct vs pgbouncer vs callgate (BENCH_ARGS='--duration 5')"
+	@echo "make bench     benchmarks: pgbench direct/pgbouncer/callgate (BENCH_ARGS='--duration 5'),"
+	@echo "               connection setup, audit throughput, masking throughput"
 	@echo "make demo      callgate demo"
 	@echo "make clean     caches, build output, bench results, install stamp (distclean: also .venv)"
 
@@ -57,9 +58,13 @@ test: setup deps-apt
 	$(MAKE) lint
 	$(MAKE) pytest
 
+# Each benchmark prints its figures and ratios from one run; docs/performance.md quotes them.
 bench: setup
 	scripts/ensure-apt.sh $(APT_BENCH)
 	$(BIN)/python -m bench.pgbench_compare $(BENCH_ARGS)
+	$(BIN)/python -m bench.connect_bench
+	$(BIN)/python bench/audit_throughput.py
+	$(BIN)/python -m bench.masking_throughput
 
 demo: setup deps-apt
 	$(BIN)/callgate demo
