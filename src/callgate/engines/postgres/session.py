@@ -169,6 +169,8 @@ class PostgresSession:
         self._upstream_relay: UpstreamRelay | None = None
         #: portals described (by the client, or by callgate before an Execute) since their Bind
         self._described: set[str] = set()
+        #: the client's Terminate was forwarded upstream
+        self._terminated = False
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -447,6 +449,10 @@ class PostgresSession:
         await asyncio.gather(*pending, *watchers, return_exceptions=True)
         if stop in done:
             raise SessionTerminated(self._stop_reason or "the session was ended by callgate")
+        if self._terminated:
+            # The client said goodbye; the upstream closing right after is no failure, whichever
+            # side the loop saw finish first.
+            return "client terminated the session"
         # Prefer the error of a failed pump over the clean exit of the other.
         for t in done:
             exc = t.exception()
@@ -685,6 +691,8 @@ class PostgresSession:
                     continue
                 elif t == m.FrontendType.TERMINATE:
                     terminate = True
+                    # The upstream closes its side once it reads this: that is the clean end.
+                    self._terminated = True
                 elif t == m.FrontendType.PASSWORD:
                     raise ProtocolViolation("unexpected password message after authentication")
                 out += m.frame(t, item.body)
