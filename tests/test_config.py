@@ -482,7 +482,7 @@ MISTAKES: list[tuple[str, Mutation, str, str]] = [
         "two mask selectors",
         _append("policies/0/mask", {"columns": ["a.b"], "detect": ["email"]}),
         "policies[0].mask[3]",
-        "expected exactly one of columns, detect, json; found columns and detect",
+        "expected exactly one of columns, detect, json, headers; found columns and detect",
     ),
     (
         "unknown detector",

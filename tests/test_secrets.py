@@ -140,3 +140,18 @@ def test_equality_hash_copy_and_no_pickle(tmp_path: Path) -> None:
     assert copy.deepcopy(a) is a
     with pytest.raises(TypeError):
         pickle.dumps(SecretRef.parse(SENTINEL, tmp_path))
+
+
+def test_resolve_secrets_gives_a_templates_secrets_alone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CG_TEST_TOKEN", "tok")
+    (tmp_path / "key").write_text("k3y\n")
+    template = SecretRef.parse("Bearer ${env:CG_TEST_TOKEN} key=${file:key} $${x}", tmp_path)
+    assert template.resolve() == "Bearer tok key=k3y ${x}"
+    assert template.resolve_secrets() == ("tok", "k3y")
+    assert SecretRef.parse("env:CG_TEST_TOKEN", tmp_path).resolve_secrets() == ("tok",)
+    assert SecretRef.parse("plain", tmp_path).resolve_secrets() == ("plain",)
+    monkeypatch.delenv("CG_TEST_TOKEN")
+    with pytest.raises(SecretError, match="env:CG_TEST_TOKEN"):
+        template.resolve_secrets()

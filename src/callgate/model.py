@@ -72,3 +72,23 @@ class Decision:
 
 
 ALLOW_ALL = Decision(Verdict.ALLOW, (), "")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """One HTTP request a caller asks to send (the facts policy, approvals and audit look at).
+
+    ``path`` is the path after the connection prefix, as the caller sent it (percent-encoded);
+    ``query`` the raw query string without ``?``; header names are lower case, values as sent
+    (the caller's ``Authorization`` already removed). ``body`` is the request body when callgate
+    buffered it (a policy looks at JSON, or an approval binds to it), ``None`` when it streams
+    through unread; ``body_length`` is its declared length when known.
+    """
+
+    method: str
+    path: str
+    query: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes | None = None
+    body_length: int | None = None
+    content_type: str | None = None

@@ -115,6 +115,19 @@ class SecretRef:
             "", f"{self.reference}: the {self._kind} secret backend is not available yet"
         )
 
+    def resolve_secrets(self) -> tuple[str, ...]:
+        """The secret values behind this reference, without any surrounding template text.
+
+        For ``Bearer ${env:TOKEN}`` this is the token alone, which is what a leak check must
+        look for (the rendered value would miss a leak of the token in another framing); for
+        any other kind it is the one resolved value. Raises :class:`SecretError` like
+        :meth:`resolve`.
+        """
+        if self._kind == "template":
+            parts = _template_parts(self._target, self._base_dir)
+            return tuple(part.render() for part in parts if part.reference is not None)
+        return (self.resolve(),)
+
     # --- hiding ----------------------------------------------------------------------------
 
     def __str__(self) -> str:

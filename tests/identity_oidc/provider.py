@@ -43,6 +43,8 @@ class Client:
     #: the provider signs this client's tokens with: RS256, PS256, ES256 or EdDSA
     alg: str = "RS256"
     client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    #: how the client authenticates at the token endpoint: client_secret_basic or _post
+    auth_method: str = "client_secret_basic"
 
 
 def node_tools() -> tuple[str, str]:
@@ -117,6 +119,7 @@ class OIDCProvider:
                             "client_secret": c.client_secret,
                             "alg": c.alg,
                             "claims": dict(c.claims),
+                            "auth_method": c.auth_method,
                         }
                         for c in self.clients.values()
                     ],

@@ -11,7 +11,8 @@
 //     "adminToken": "…",            // required by the /admin endpoints (Authorization: Bearer …)
 //     "audience": "callgate",       // `aud` of every access token
 //     "accessTokenTTL": 600,        // seconds
-//     "clients": [{"client_id": "…", "client_secret": "…", "alg": "RS256", "claims": {…}}]
+//     "clients": [{"client_id": "…", "client_secret": "…", "alg": "RS256", "claims": {…},
+//                  "auth_method": "client_secret_basic"}]   // or client_secret_post (RFC 6749 §2.3.1)
 //   }
 //
 // Admin endpoints, for tests only (loopback, bearer adminToken):
@@ -79,6 +80,7 @@ function buildProvider() {
       client_id: c.client_id,
       client_secret: c.client_secret,
       grant_types: ['client_credentials'],
+      token_endpoint_auth_method: c.auth_method ?? 'client_secret_basic',
       redirect_uris: [],
       response_types: [],
     })),

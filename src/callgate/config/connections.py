@@ -120,12 +120,18 @@ class BasicAuthConfig(ConfigModel):
     password: Secret
 
 
+#: how the client authenticates to the token endpoint (RFC 6749 §2.3.1): HTTP Basic, or the
+#: credentials as form fields of the request body
+OAuth2ClientAuthMethod = Literal["client_secret_basic", "client_secret_post"]
+
+
 class OAuth2ClientCredentialsConfig(ConfigModel):
     token_url: SecureUrl
     client_id: Secret
     client_secret: Secret
     scope: NonEmptyStr | None = None
     audience: NonEmptyStr | None = None
+    auth_method: OAuth2ClientAuthMethod = "client_secret_basic"
 
 
 class AwsSigV4Config(ConfigModel):

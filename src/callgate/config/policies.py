@@ -60,6 +60,34 @@ ACTIONS: Final[tuple[str, ...]] = get_args(Action)
 MaskStyle = Literal["redact", "partial", "hash", "null", "email"]
 
 _METHOD = re.compile(r"[A-Z]+")
+#: an HTTP field name (RFC 9110 §5.1, a token) where the glob characters ``*?[]!`` may appear
+_HEADER_GLOB = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z\[\]?-]+")
+
+#: response headers that say how the body is framed or encoded: masking them would leave the
+#: caller unable to read the response, so mask rules may not name them
+FRAMING_HEADERS: Final = (
+    "connection",
+    "content-encoding",
+    "content-length",
+    "content-type",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+)
+
+#: the keys of ConditionsConfig that only SQL statements have, and those only HTTP requests have
+SQL_CONDITIONS: Final = (
+    "kinds",
+    "tables",
+    "columns",
+    "functions",
+    "where",
+    "locks",
+    "any_parameters",
+)
+HTTP_CONDITIONS: Final = ("methods", "paths", "query", "headers", "json")
 
 
 def _choice(what: str, choices: tuple[str, ...]) -> Any:
@@ -94,15 +122,111 @@ def _to_path_glob(value: object) -> str:
 
 
 def _to_json_path(value: object) -> str:
-    if not isinstance(value, str) or not value.startswith("$"):
+    if not isinstance(value, str) or not value.strip().startswith("$"):
         shown = repr(value) if isinstance(value, str) else describe_type(value)
         raise message_error(f"expected a JSON path starting with '$', got {shown}")
-    return value
+    # Imported here: the masking package pulls in the SQL parser, which loading a config
+    # without JSON paths should not pay for.
+    from callgate.masking.jsonpath import JsonPathError, parse_json_path
+
+    try:
+        parse_json_path(value)
+    except JsonPathError as exc:
+        raise message_error(
+            f"{exc}: {value!r} is not in the JSON path subset ($, .name, ['name'], [n], [*], "
+            "..name)"
+        ) from None
+    return value.strip()
+
+
+def _to_json_condition(value: object) -> str:
+    if not isinstance(value, str):
+        raise message_error(
+            f'expected a condition such as "$.amount > 10000" or "exists $.refund", '
+            f"got {describe_type(value)}"
+        )
+    from callgate.policy.jsoncond import ConditionError, parse_condition  # see _to_json_path
+
+    try:
+        return parse_condition(value).text
+    except ConditionError as exc:
+        raise message_error(f"{exc}, in {value!r}") from None
+
+
+def _to_header_field(value: object) -> str:
+    if not isinstance(value, str) or not _HEADER_GLOB.fullmatch(value):
+        shown = repr(value) if isinstance(value, str) else describe_type(value)
+        raise message_error(f"expected an HTTP header name (a glob allowed), got {shown}")
+    return value.lower()
+
+
+def _to_masked_header(value: object) -> str:
+    name = _to_header_field(value)
+    framing = [header for header in FRAMING_HEADERS if fnmatchcase(header, name)]
+    if framing:
+        raise message_error(
+            f"{value!r} would mask {', '.join(framing)}, which frame the response (the caller "
+            "could not read it); these are never masked"
+        )
+    return name
+
+
+def _to_condition_header(value: object) -> str:
+    name = _to_header_field(value)
+    if any(ch in name for ch in "*?["):
+        raise message_error(f"expected an HTTP header name (no glob), got {value!r}")
+    if name == "authorization":
+        raise message_error(
+            "authorization carries the caller's credential, which callgate removes before "
+            "policy sees the request; it cannot be a condition"
+        )
+    return name
 
 
 HttpMethod = Annotated[str, PlainValidator(_to_method)]
 PathGlob = Annotated[str, PlainValidator(_to_path_glob)]
 JsonPath = Annotated[str, PlainValidator(_to_json_path)]
+JsonCondition = Annotated[str, PlainValidator(_to_json_condition)]
+MaskedHeader = Annotated[str, PlainValidator(_to_masked_header)]
+ConditionHeader = Annotated[str, PlainValidator(_to_condition_header)]
+
+
+class ValueMatchConfig(ConfigModel):
+    """A condition on a query parameter or a header: ``GLOB``, ``[GLOB, …]`` or
+    ``{present: true|false}`` (``{values: …}`` is the long form of the first two)."""
+
+    #: shell globs on the (decoded) value; empty with ``present: true`` means any value
+    values: tuple[str, ...] = ()
+    #: false: the parameter or header must be absent
+    present: StrictBool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_forms(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"values": (data,)}
+        if isinstance(data, list | tuple):
+            if not data:
+                raise message_error("expected at least one glob")
+            for item in data:
+                if not isinstance(item, str):
+                    raise message_error(_VALUE_HINT.format(describe_type(item)))
+            return {"values": tuple(data)}
+        if isinstance(data, dict):
+            return data
+        raise message_error(_VALUE_HINT.format(describe_type(data)))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ValueMatchConfig:
+        if not self.present and self.values:
+            raise message_error("values cannot be given with present: false")
+        return self
+
+
+_VALUE_HINT: Final = (
+    "expected a glob, a list of globs or {{present: true|false}}, got {}; "
+    'quote numbers and booleans ("true", "100")'
+)
 
 
 class SubjectsConfig(ConfigModel):
@@ -145,8 +269,58 @@ class ConditionsConfig(ConfigModel):
     methods: tuple[HttpMethod, ...] = ()
     #: HTTP: the request path matches any glob
     paths: tuple[PathGlob, ...] = ()
+    #: HTTP: query parameters (decoded name → condition on its values)
+    query: dict[NonEmptyStr, ValueMatchConfig] = Field(default_factory=dict)
+    #: HTTP: request headers (lower-cased name → condition on its values)
+    headers: dict[ConditionHeader, ValueMatchConfig] = Field(default_factory=dict)
+    #: HTTP: conditions on the JSON request body (``"$.amount > 10000"``, ``"exists $.x"``)
+    json_conditions: tuple[JsonCondition, ...] = Field(default=(), alias="json")
     #: true: the statement is sent with bind parameters
     any_parameters: StrictBool = False
+
+    @model_validator(mode="after")
+    def _one_protocol(self) -> ConditionsConfig:
+        sql = self.sql_keys
+        http = self.http_keys
+        if sql and http:
+            raise message_error(
+                f"a rule has SQL conditions ({', '.join(SQL_CONDITIONS)}) or HTTP conditions "
+                f"({', '.join(HTTP_CONDITIONS)}), not both; found {', '.join(sql)} and "
+                f"{', '.join(http)} (write two rules)"
+            )
+        return self
+
+    @property
+    def sql_keys(self) -> list[str]:
+        """The SQL conditions given."""
+        return [
+            key
+            for key, value in (
+                ("kinds", self.kinds),
+                ("tables", self.tables),
+                ("columns", self.columns),
+                ("functions", self.functions),
+                ("where", self.where is not None),
+                ("locks", self.locks is not None),
+                ("any_parameters", self.any_parameters),
+            )
+            if value
+        ]
+
+    @property
+    def http_keys(self) -> list[str]:
+        """The HTTP conditions given."""
+        return [
+            key
+            for key, value in (
+                ("methods", self.methods),
+                ("paths", self.paths),
+                ("query", self.query),
+                ("headers", self.headers),
+                ("json", self.json_conditions),
+            )
+            if value
+        ]
 
     @property
     def matches_everything(self) -> bool:
@@ -186,7 +360,8 @@ class RuleConfig(ConfigModel):
 
 
 class MaskRuleConfig(ConfigModel):
-    """What to mask: exactly one of ``columns`` (globs), ``detect`` (detectors), ``json``."""
+    """What to mask: exactly one of ``columns`` (globs), ``detect`` (detectors), ``json``
+    (JSON paths into HTTP bodies), ``headers`` (HTTP response headers)."""
 
     #: ``table.column`` globs
     columns: tuple[NonEmptyStr, ...] | None = Field(default=None, min_length=1)
@@ -194,6 +369,8 @@ class MaskRuleConfig(ConfigModel):
     detect: tuple[DetectorName, ...] | None = Field(default=None, min_length=1)
     #: JSON paths into HTTP/JSON bodies (YAML key ``json``)
     json_paths: tuple[JsonPath, ...] | None = Field(default=None, alias="json", min_length=1)
+    #: HTTP response header names (globs, any case); ``set-cookie`` masks the cookie values
+    headers: tuple[MaskedHeader, ...] | None = Field(default=None, min_length=1)
     style: MaskStyle = "redact"
     #: partial: how many trailing characters stay visible
     keep: NonNegativeInt = 4
@@ -208,12 +385,15 @@ class MaskRuleConfig(ConfigModel):
                 ("columns", self.columns),
                 ("detect", self.detect),
                 ("json", self.json_paths),
+                ("headers", self.headers),
             )
             if value is not None
         ]
         if len(chosen) != 1:
             found = " and ".join(chosen) if chosen else "none"
-            raise message_error(f"expected exactly one of columns, detect, json; found {found}")
+            raise message_error(
+                f"expected exactly one of columns, detect, json, headers; found {found}"
+            )
         if "keep" in self.model_fields_set and self.style != "partial":
             raise path_error("keep", "keep is only used with style: partial")
         return self

@@ -1,4 +1,5 @@
-"""Per-statement policy decisions (SPEC §2): allow, review or deny a classified SQL statement.
+"""Per-statement policy decisions (SPEC §2): allow, review or deny a classified SQL statement
+(and, through :mod:`callgate.policy.http`, an HTTP request: :meth:`PolicyEngine.decide_http`).
 
 Pure: no I/O. Compile once per config (:class:`PolicyEngine`), then call :meth:`decide_sql` per
 statement. The semantics, with examples, are in docs/policy.md; in short:
@@ -15,13 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
-from callgate.model import Decision, Principal, Verdict
+from callgate.model import Decision, HttpRequest, Principal, Verdict
 from callgate.policy.access import policies_for
 from callgate.policy.classify import Classification, merge
+from callgate.policy.http import HttpRule, HttpRuleSet
 from callgate.policy.matching import Candidate, GlobSet, Resolver
 
 if TYPE_CHECKING:
@@ -42,8 +44,10 @@ class CompiledRule:
     tables: GlobSet
     columns: GlobSet
     functions: GlobSet
-    #: only HTTP conditions (methods, paths): never matches a SQL statement
+    #: has HTTP conditions (methods, paths, query, headers, json): never matches a SQL statement
     http_only: bool
+    #: has SQL conditions (kinds, tables, …): never matches an HTTP request
+    sql_only: bool = False
 
     @property
     def label(self) -> str:
@@ -66,6 +70,14 @@ class CompiledRule:
         ):
             if values:
                 parts.append(f"{key}{open_}{', '.join(values)}{close}")
+        for key, tests in (("query", c.query), ("headers", c.headers)):
+            if tests:
+                # names only: a header value a rule expects may be something of a secret, and
+                # the reason is shown to the caller
+                shown = (name if t.present else f"{name} absent" for name, t in tests.items())
+                parts.append(f"{key}{open_}{', '.join(shown)}{close}")
+        if c.json_conditions:
+            parts.append(f"json{open_}{', '.join(c.json_conditions)}{close}")
         if c.where is not None:
             parts.append(f"where{scalar}{c.where}")
         if c.locks is not None:
@@ -94,7 +106,8 @@ def compile_rules(policy: PolicyConfig) -> tuple[CompiledRule, ...]:
                 tables=GlobSet.compile(c.tables),
                 columns=GlobSet.compile(c.columns, columns=True),
                 functions=GlobSet.compile(c.functions),
-                http_only=bool(c.methods or c.paths),
+                http_only=bool(c.http_keys),
+                sql_only=bool(c.sql_keys),
             )
         )
     return tuple(rules)
@@ -132,7 +145,12 @@ class PolicyEngine:
         self._rules: dict[str, tuple[CompiledRule, ...]] = {
             p.name: compile_rules(p) for p in self.policies
         }
+        self._http_rules: dict[str, tuple[HttpRule, ...]] = {
+            name: tuple(HttpRule.compile(r) for r in rules if not r.sql_only)
+            for name, rules in self._rules.items()
+        }
         self.version: str = policy_version(self.policies, self.approvals or ())
+        self._http_sets: dict[tuple[str, frozenset[str], str, tuple[str, ...]], HttpRuleSet] = {}
         # Both caches live as long as this engine, i.e. until the next reload. Statements of one
         # shape classify to the same Classification object, so a repeated shape is two lookups.
         self._rules_cache: dict[
@@ -170,6 +188,55 @@ class PolicyEngine:
                 self._rules_cache.clear()
             self._rules_cache[key] = rules
         return rules
+
+    def http_rules_for(
+        self, principal: Principal, connection: str, grants: Iterable[str] = ()
+    ) -> HttpRuleSet:
+        """The compiled HTTP-capable rules judging ``principal`` on ``connection`` (cached)."""
+        granted = grants if isinstance(grants, tuple) else tuple(grants)
+        key = (principal.subject, principal.groups, connection, granted)
+        found = self._http_sets.get(key)
+        if found is None:
+            names = [p.name for p in self.applicable(principal, connection)]
+            names += [g for g in granted if g in self._rules and g not in names]
+            found = HttpRuleSet(
+                [rule for name in names for rule in self._http_rules[name]],
+                review_possible=self.approvals is None
+                or any(a.applies_to(connection) for a in self.approvals),
+            )
+            if len(self._http_sets) >= DECISION_CACHE_ENTRIES:
+                self._http_sets.clear()
+            self._http_sets[key] = found
+        return found
+
+    def decide_http(
+        self,
+        principal: Principal,
+        connection: str,
+        request: HttpRequest,
+        *,
+        grants: Iterable[str] = (),
+    ) -> Decision:
+        """Allow, review or deny the HTTP ``request`` for ``principal`` on ``connection``.
+
+        ``request.path`` is the path after the connection prefix; ``grants``: names of the
+        policies the caller's active access grants apply. ``request.body`` is needed (buffered)
+        when :meth:`needs_request_body` says so; without it, rules with ``json`` conditions fail
+        closed (docs/policy.md)."""
+        return self.http_rules_for(principal, connection, grants).decide(request)
+
+    def needs_request_body(
+        self,
+        principal: Principal,
+        connection: str,
+        method: str,
+        path: str,
+        *,
+        grants: Iterable[str] = (),
+    ) -> bool:
+        """True when some rule that could match a ``method`` request to ``path`` has ``json``
+        conditions: the engine must buffer the body (up to its limit) before deciding."""
+        return self.http_rules_for(principal, connection, grants).needs_body(method, path)
 
     def needs_search_path(self, principal: Principal, connection: str) -> bool:
         """True when some rule for this caller names tables or columns, so unqualified names in

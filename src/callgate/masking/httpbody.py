@@ -1,0 +1,282 @@
+"""HTTP body formats, masked: JSON, JSON lines, server-sent events, multipart, forms, text.
+
+:class:`BodyMasker` turns a body and its Content-Type into the masked body (the same object when
+nothing needed masking), choosing how to read it from the media type and, where the type does not
+settle it, from the body itself (:mod:`callgate.masking.media`). It raises
+:class:`~callgate.masking.errors.MaskingFailed` for anything it cannot read but must. Used by
+:class:`~callgate.masking.http.HttpMaskPlan`; docs/masking.md, "HTTP responses".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+from callgate.masking.detectors import DetectorSet
+from callgate.masking.errors import MaskingFailed
+from callgate.masking.jsonmask import JsonMasker
+from callgate.masking.media import (
+    XSSI_PREFIXES,
+    charset,
+    looks_like_json,
+    looks_like_text,
+    media_kind,
+    parameter,
+)
+from callgate.masking.styles import REDACTED
+
+
+@dataclass(frozen=True, slots=True)
+class BodyMasker:
+    """Masks whole bodies with one :class:`JsonMasker` (path rules and detectors)."""
+
+    masker: JsonMasker
+
+    @property
+    def detectors(self) -> DetectorSet | None:
+        return self.masker.detectors
+
+    def payload(self, body: bytes, content_type: str | None) -> bytes:
+        """``body`` (no content coding) masked as its type says, or as it looks when the type
+        does not settle it; the same object when nothing changed."""
+        kind = media_kind(content_type)
+        if kind == "json":
+            return self._json_body(body, content_type, lines=False)
+        if kind == "ndjson":
+            return self._json_body(body, content_type, lines=True)
+        if kind == "event-stream":
+            return self._event_stream(body, content_type)
+        if kind == "multipart":
+            return self._multipart(body, content_type)
+        if kind == "form" and self.detectors is not None:
+            return self._form(body, content_type)
+        if looks_like_json(body):
+            # JSON under another label (or none) is masked as JSON, also for detectors only: a
+            # hit replaced in the raw text could break it (a card number written as a number)
+            try:
+                return self._json_body(body, content_type, lines=False)
+            except MaskingFailed:
+                pass  # not JSON after all: a client's JSON parser would not read it either
+        if self.detectors is not None and (kind == "text" or looks_like_text(body)):
+            return self._text(body, content_type)
+        return body
+
+    def _json_body(self, body: bytes, content_type: str | None, *, lines: bool) -> bytes:
+        codec = charset(content_type)
+        try:
+            text = body.decode(codec)
+        except UnicodeDecodeError as exc:
+            raise MaskingFailed(f"a JSON body is not valid {codec}") from exc
+        scan = self._may_hit(body)
+        new: str | None
+        if not lines:
+            try:
+                new = self._json_text(text, scan)
+            except MaskingFailed:
+                # ``application/json`` used for JSON lines
+                new = self._json_lines(text, scan) if "\n" in text.strip() else None
+                if new is None:
+                    raise
+        else:
+            new = self._json_lines(text, scan)
+            if new is None:
+                raise MaskingFailed("a JSON-lines body has a line that is not JSON")
+        if new is text:
+            return body
+        return _encode(new, codec)
+
+    def _json_lines(self, text: str, scan: bool) -> str | None:
+        parts = re.split(r"(\r?\n|\x1e)", text)
+        changed = False
+        for index in range(0, len(parts), 2):
+            line = parts[index]
+            if not line.strip():
+                continue
+            try:
+                new = self._json_text(line, scan)
+            except MaskingFailed:
+                return None
+            if new is not line:
+                parts[index] = new
+                changed = True
+        return "".join(parts) if changed else text
+
+    def _json_text(self, text: str, scan: bool) -> str:
+        """One JSON document (with an optional byte-order mark and XSSI guard) masked; ``text``
+        itself when nothing changed. Raises :class:`MaskingFailed` when it is not JSON."""
+        start = len(text) - len(text.lstrip("\ufeff \t\r\n\x1e"))
+        prefix_end = start
+        for guard in XSSI_PREFIXES:
+            if text.startswith(guard, start):
+                prefix_end = start + len(guard)
+                break
+        document = text[prefix_end:]
+        if not document.strip():
+            if prefix_end == start:
+                return text  # nothing but white space: nothing to leak
+            raise MaskingFailed("a JSON body has nothing after its guard prefix")
+        try:
+            doc = json.loads(document, parse_float=_float)
+        except (ValueError, RecursionError) as exc:
+            raise MaskingFailed("a JSON body is not valid JSON") from exc
+        new, _count = self.masker.mask(doc, scan=scan)
+        if new is doc:
+            return text
+        try:
+            out = json.dumps(new, ensure_ascii=False, separators=(",", ":"))
+        except (ValueError, RecursionError) as exc:  # pragma: no cover - parsed JSON dumps
+            raise MaskingFailed("a masked JSON body could not be written") from exc
+        return text[:prefix_end] + out
+
+    def _event_stream(self, body: bytes, content_type: str | None) -> bytes:
+        """Server-sent events (text/event-stream, WHATWG HTML §9.2): the ``data`` lines of each
+        event are joined and masked as JSON when they are JSON, as text otherwise; other lines
+        (event names, ids, comments) as text. Works on any run of whole events."""
+        codec = charset(content_type)
+        text = body.decode(codec, "surrogateescape")
+        events = re.split(r"(\r\n\r\n|\n\n|\r\r)", text)
+        changed = False
+        for index in range(0, len(events), 2):
+            event = events[index]
+            new = self._event(event)
+            if new is not event:
+                events[index] = new
+                changed = True
+        if not changed:
+            return body
+        return "".join(events).encode(codec, "surrogateescape")
+
+    def _event(self, event: str) -> str:
+        lines = re.split(r"\r\n|\n|\r", event)
+        data = [line[5:].removeprefix(" ") for line in lines if line.startswith("data:")]
+        other = [line for line in lines if not line.startswith("data:")]
+        payload = "\n".join(data)
+        new_payload = payload
+        if data and looks_like_json(payload.encode("utf-8", "surrogateescape")):
+            try:
+                new_payload = self._json_text(payload, scan=True)
+            except MaskingFailed:
+                new_payload = payload
+        if new_payload is payload and self.detectors is not None:
+            new_payload = self.detect_text(payload)
+        new_other = [self.detect_text(line) for line in other]
+        if new_payload is payload and all(a is b for a, b in zip(new_other, other, strict=True)):
+            return event
+        out = [line for line in new_other if line]
+        out += ["data: " + line for line in new_payload.split("\n")] if data else []
+        return "\n".join(out)
+
+    def _multipart(self, body: bytes, content_type: str | None) -> bytes:
+        """``multipart/*`` (RFC 2046 §5.1): each part masked by its own Content-Type. A part
+        callgate cannot read (base64 or quoted-printable transfer encoding) fails the body."""
+        boundary = parameter(content_type, "boundary")
+        if boundary is None:
+            raise MaskingFailed("a multipart body has no boundary")
+        delimiter = b"--" + boundary.encode("latin-1", "replace")
+        pieces = body.split(delimiter)
+        changed = False
+        # pieces[0] is the preamble; the last piece starts with "--" (the close delimiter)
+        for index in range(1, len(pieces)):
+            piece = pieces[index]
+            if piece.startswith(b"--"):
+                break
+            new = self._part(piece)
+            if new is not piece:
+                pieces[index] = new
+                changed = True
+        return delimiter.join(pieces) if changed else body
+
+    def _part(self, piece: bytes) -> bytes:
+        split = re.search(rb"\r?\n\r?\n", piece)
+        if split is None:
+            return piece
+        head, content = piece[: split.end()], piece[split.end() :]
+        # the CRLF before the next delimiter belongs to the delimiter (RFC 2046 §5.1.1)
+        tail = b"\r\n" if content.endswith(b"\r\n") else b"\n" if content.endswith(b"\n") else b""
+        content = content[: len(content) - len(tail)]
+        fields = {}
+        for line in head.decode("latin-1").splitlines():
+            name, colon, value = line.partition(":")
+            if colon:
+                fields[name.strip().lower()] = value.strip()
+        encoding = fields.get("content-transfer-encoding", "").lower()
+        if encoding not in ("", "7bit", "8bit", "binary"):
+            raise MaskingFailed(f"a multipart part is {encoding[:20]}-encoded")
+        new = self.payload(content, fields.get("content-type"))
+        return piece if new is content else head + new + tail
+
+    def _form(self, body: bytes, content_type: str | None) -> bytes:
+        """``application/x-www-form-urlencoded``: detectors on each decoded name and value (an
+        ``@`` written ``%40`` is still an email)."""
+        text = body.decode(charset(content_type), "surrogateescape")
+        out: list[str] = []
+        changed = False
+        for pair in text.split("&"):
+            name, eq, value = pair.partition("=")
+            plain_name = unquote(name.replace("+", " "), errors="surrogateescape")
+            plain_value = unquote(value.replace("+", " "), errors="surrogateescape")
+            new_name = self.detect_text(plain_name)
+            new_value = self.detect_text(plain_value)
+            if new_name is plain_name and new_value is plain_value:
+                out.append(pair)
+            else:
+                changed = True
+                out.append(quote_text(new_name) + eq + quote_text(new_value))
+        return "&".join(out).encode("ascii") if changed else body
+
+    def _text(self, body: bytes, content_type: str | None) -> bytes:
+        codec = charset(content_type)
+        # surrogateescape: bytes that are not valid in the charset go back out as they came
+        text = body.decode(codec, "surrogateescape")
+        new = self.detect_text(text)
+        if new is text:
+            return body
+        return new.encode(codec, "surrogateescape")
+
+    def detect_text(self, text: str) -> str:
+        detectors = self.detectors
+        if detectors is None or not text:
+            return text
+        hits = detectors.find(text)
+        if not hits:
+            return text
+        styles = self.masker.detector_styles
+        parts: list[str] = []
+        last = 0
+        for start, end, name in hits:
+            parts.append(text[last:start])
+            # free text has no null: the hit is redacted
+            parts.append(styles[name].hit(text[start:end], name) or REDACTED)
+            last = end
+        parts.append(text[last:])
+        return "".join(parts)
+
+    def _may_hit(self, body: bytes) -> bool:
+        """False when no detector can find anything in the JSON text ``body``: its triggers
+        found nothing, and no ``\\u`` escape can hide a character from them."""
+        detectors = self.detectors
+        if detectors is None:
+            return False
+        return b"\\u" in body or detectors.may_match(body)
+
+
+def quote_text(text: str) -> str:
+    """Percent-encoding for a decoded query or form component (undecodable bytes kept)."""
+    return quote(text, safe="[]*@", errors="surrogateescape")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        # Python reads 1e400 as infinity and would write it back as Infinity, which is not JSON
+        raise ValueError("a JSON number is out of range")
+    return value
+
+
+def _encode(text: str, codec: str) -> bytes:
+    try:
+        return text.encode(codec)
+    except UnicodeEncodeError as exc:
+        raise MaskingFailed(f"the masked body cannot be written in {codec}") from exc

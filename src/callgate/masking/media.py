@@ -1,0 +1,189 @@
+"""What kind of body a response is: media types, charsets, content codings, and sniffing.
+
+Masking must never be fooled by a label. A ``Content-Type`` only tells callgate where to *start*:
+a body labelled JSON that is not JSON fails (502), and a body labelled anything else is looked at
+(its first bytes, :func:`looks_like_json` / :func:`looks_like_text`) before callgate decides it
+is binary and lets it through unread. See docs/masking.md, "Which bodies are inspected".
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+import zlib
+from typing import Final, Literal
+
+from callgate.masking.errors import MaskingFailed
+
+MediaKind = Literal["json", "ndjson", "event-stream", "form", "multipart", "text", "other"]
+
+#: bytes of a body's start that :func:`looks_like_json` and :func:`looks_like_text` look at; an
+#: engine deciding whether to buffer a body needs at least this much (or the whole body)
+SNIFF_BYTES: Final = 1024
+
+#: largest body callgate decompresses to mask it: a few kilobytes of gzip can expand to
+#: gigabytes, so the decoded size is bounded like any buffered body
+MAX_DECODED_BODY: Final = 64 * 1024 * 1024
+
+_JSON: Final = re.compile(r"application/(?:[\w.-]+\+)?json|text/json")
+_NDJSON: Final = frozenset(
+    {
+        "application/x-ndjson",
+        "application/ndjson",
+        "application/jsonl",
+        "application/x-jsonlines",
+        "application/jsonlines",
+        "application/json-seq",
+        "application/stream+json",
+    }
+)
+_TEXT: Final = re.compile(
+    r"text/.*|application/(?:[\w.-]+\+)?xml|application/(?:x-)?(?:javascript|ecmascript|"
+    r"www-form-urlencoded|yaml|x-yaml|graphql|sql|csv|x-sh|x-httpd-php|toml|"
+    r"problem\+xml|xhtml\+xml|rtf|x-latex|x-tex|x-csh|x-perl|x-python)"
+    r"|image/svg\+xml|message/.*"
+)
+
+#: prefixes some APIs put before JSON so that a browser cannot run it as a script (XSSI guards);
+#: clients strip them and parse the rest
+XSSI_PREFIXES: Final = (")]}'\n", ")]}',\n", ")]}'", "while(1);", "for(;;);", "for (;;);")
+
+
+def media_type(content_type: str | None) -> str:
+    """The lower-cased ``type/subtype`` of a Content-Type (``""`` when there is none)."""
+    if not content_type:
+        return ""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def media_kind(content_type: str | None) -> MediaKind:
+    media = media_type(content_type)
+    if media in _NDJSON:
+        return "ndjson"
+    if media == "text/event-stream":
+        return "event-stream"
+    if media == "application/x-www-form-urlencoded":
+        return "form"
+    if media.startswith("multipart/"):
+        return "multipart"
+    if _JSON.fullmatch(media):
+        return "json"
+    if _TEXT.fullmatch(media):
+        return "text"
+    return "other"
+
+
+def parameter(content_type: str | None, wanted: str) -> str | None:
+    """A Content-Type parameter's value (``charset``, ``boundary``), unquoted."""
+    if content_type:
+        for param in content_type.split(";")[1:]:
+            key, _, value = param.strip().partition("=")
+            if key.strip().lower() == wanted and value.strip().strip('"'):
+                return value.strip().strip('"')
+    return None
+
+
+def charset(content_type: str | None, default: str = "utf-8") -> str:
+    """The ``charset`` parameter's codec name; raises :class:`MaskingFailed` for an unknown
+    one (callgate cannot read, so cannot mask, what it cannot decode)."""
+    name = parameter(content_type, "charset") or default
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        raise MaskingFailed(f"the response's charset {name[:40]!r} is not known") from None
+
+
+def _strip_start(text: str) -> str:
+    text = text.lstrip("\ufeff \t\r\n\x1e")
+    for prefix in XSSI_PREFIXES:
+        if text.startswith(prefix):
+            return text[len(prefix) :].lstrip(" \t\r\n")
+    return text
+
+
+def _head_text(head: bytes) -> str:
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(head) > 1 and 0 in head[:4]):
+        # UTF-16/32 JSON (RFC 4627 allowed it): drop the zero bytes of ASCII characters
+        head = head.replace(b"\x00", b"")
+    return head[:SNIFF_BYTES].decode("utf-8", "replace")
+
+
+def looks_like_json(head: bytes) -> bool:
+    """True when a body starting with ``head`` may be JSON (an object, an array or a string,
+    after a byte-order mark, white space or an XSSI guard)."""
+    text = _strip_start(_head_text(head))
+    return text[:1] in ("{", "[", '"')
+
+
+#: bytes that do not occur in text (control characters other than tab, newlines, form feed,
+#: backspace and escape)
+_BINARY_BYTES: Final = bytes(b for b in range(32) if b not in (8, 9, 10, 12, 13, 27)) + b"\x7f"
+
+
+def looks_like_text(head: bytes) -> bool:
+    """True when a body starting with ``head`` may be text in some 8-bit or UTF-8 encoding:
+    no NUL byte (unless it starts with a UTF-16 byte-order mark) and almost no other control
+    characters. Images, archives, compressed and encrypted data fail this quickly."""
+    sample = head[:SNIFF_BYTES]
+    if not sample:
+        return False
+    if sample.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return True
+    if b"\x00" in sample:
+        return False
+    controls = len(sample) - len(sample.translate(None, _BINARY_BYTES))
+    return controls * 20 < len(sample)  # under 5 %
+
+
+# --- content codings ----------------------------------------------------------------------------
+
+
+def codings(content_encoding: str | None) -> list[str]:
+    """The codings applied to a body, in the order they were applied (RFC 9110 §8.4)."""
+    if not content_encoding:
+        return []
+    names = [c.strip().lower() for c in content_encoding.split(",")]
+    return [c for c in names if c and c != "identity"]
+
+
+def _inflate(data: bytes, wbits: int, limit: int) -> bytes:
+    inflater = zlib.decompressobj(wbits)
+    out = inflater.decompress(data, limit + 1)
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise MaskingFailed(f"the decompressed response is larger than {limit} bytes")
+    if not inflater.eof:
+        raise MaskingFailed("the compressed response is truncated")
+    return out
+
+
+def decode_content(body: bytes, content_encoding: str | None, limit: int) -> bytes:
+    """``body`` with its content codings undone. gzip and deflate are understood; any other
+    coding (br, zstd, compress) cannot be read, so it cannot be masked: :class:`MaskingFailed`."""
+    for coding in reversed(codings(content_encoding)):
+        try:
+            if coding in ("gzip", "x-gzip"):
+                body = _inflate(body, 31, limit)
+            elif coding == "deflate":
+                # RFC 9110 says zlib-wrapped; some servers send raw deflate
+                try:
+                    body = _inflate(body, 15, limit)
+                except zlib.error:
+                    body = _inflate(body, -15, limit)
+            else:
+                raise MaskingFailed(
+                    f"the response is {coding[:20]}-encoded, which callgate cannot decode to mask"
+                )
+        except zlib.error as exc:
+            raise MaskingFailed(f"the {coding}-encoded response is corrupt") from exc
+    return body
+
+
+def encode_content(body: bytes, content_encoding: str | None) -> bytes:
+    """``body`` with the codings of ``content_encoding`` applied again."""
+    for coding in codings(content_encoding):
+        if coding in ("gzip", "x-gzip"):
+            compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
+        else:
+            compressor = zlib.compressobj(6, zlib.DEFLATED, 15)
+        body = compressor.compress(body) + compressor.flush()
+    return body

@@ -1,0 +1,462 @@
+"""HTTP response masking (callgate.masking.http): bodies, headers, what gets inspected."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from callgate.config import PolicyConfig
+from callgate.masking.errors import MaskingFailed
+from callgate.masking.http import UNMASKABLE_SAMPLE, HttpMaskPlan, ResponseMaskingFailed
+from callgate.masking.media import looks_like_json, looks_like_text, media_kind
+from callgate.masking.styles import REDACTED, Style
+from callgate.model import Principal
+
+SECRET = b"test-secret"
+ALICE = Principal(subject="alice", groups=frozenset({"fn"}), method="api_key")
+HASH = Style("hash", secret=SECRET)
+
+
+def policy(*mask: Mapping[str, Any], name: str = "pay", **extra: Any) -> PolicyConfig:
+    return PolicyConfig.model_validate(
+        {
+            "name": name,
+            "subjects": {"groups": ["fn"]},
+            "connections": ["payments"],
+            "mask": list(mask),
+            **extra,
+        }
+    )
+
+
+def plan(*mask: Mapping[str, Any], principal: Principal = ALICE, **extra: Any) -> HttpMaskPlan:
+    return HttpMaskPlan.for_principal(
+        [policy(*mask, **extra)], principal, "payments", secret=SECRET
+    )
+
+
+def masked(p: HttpMaskPlan, doc: Any, content_type: str = "application/json") -> Any:
+    return json.loads(p.mask_body(json.dumps(doc).encode(), content_type))
+
+
+CARD = {"json": ["$.data[*].card.number"], "style": "partial"}
+DETECT = {"detect": ["email", "credit_card"], "style": "redact"}
+
+
+# --- building the plan -------------------------------------------------------------------------
+
+
+def test_plan_follows_subjects_exemptions_and_grants() -> None:
+    assert not plan(CARD).is_empty
+    assert plan({"columns": ["t.c"]}).is_empty  # column rules are for SQL
+    exempt = plan(CARD, mask_exempt={"users": ["alice"]})
+    assert exempt.is_empty
+    bob = Principal("bob", frozenset({"other"}), "api_key")
+    assert plan(CARD, principal=bob).is_empty
+    granted = HttpMaskPlan.for_principal(
+        [policy(CARD)], bob, "payments", secret=SECRET, granted=["pay"]
+    )
+    assert not granted.is_empty
+    other_connection = HttpMaskPlan.for_principal([policy(CARD)], ALICE, "orders", secret=SECRET)
+    assert other_connection.is_empty
+
+
+# --- JSON paths --------------------------------------------------------------------------------
+
+
+def test_paths_mask_nested_arrays() -> None:
+    doc = {
+        "data": [
+            {"card": {"number": "4111111111111111", "exp": "12/30"}},
+            {"card": {"number": 4242424242424242}},
+            {"card": None},
+            {"card": {"number": None}},
+        ],
+        "card": {"number": "top level stays"},
+    }
+    out = masked(plan(CARD), doc)
+    assert out["data"][0]["card"] == {"number": "************1111", "exp": "12/30"}
+    assert out["data"][1]["card"] == {"number": "************4242"}  # a number → a string
+    assert out["data"][2:] == doc["data"][2:]
+    assert out["card"] == doc["card"]
+
+
+def test_selected_containers_mask_every_scalar_and_strictest_wins() -> None:
+    p = plan(
+        {"json": ["$..profile"], "style": "partial", "keep": 2},
+        {"json": ["$.users[-1].profile.ssn"], "style": "null"},
+        {"json": ["$.users[0].profile.*"], "style": "hash"},
+    )
+    doc = {
+        "users": [
+            {"profile": {"name": "Alice Smith", "tags": ["vip", 7], "ok": True, "none": None}},
+            {"profile": {"name": "Bob Jones", "ssn": "123-45-6789", "ok": False, "n": 12.5}},
+        ]
+    }
+    out = masked(p, doc)
+    first = out["users"][0]["profile"]
+    assert first["name"] == HASH.token(b"Alice Smith")
+    assert first["tags"] == [HASH.token(b"vip"), HASH.token(b"7")]
+    assert first["ok"] == HASH.token(b"true")
+    assert first["none"] is None
+    second = out["users"][1]["profile"]
+    assert second == {"name": "*******es", "ssn": None, "ok": REDACTED, "n": "**.5"}
+
+
+def test_root_and_top_level_arrays() -> None:
+    assert masked(plan({"json": ["$"]}), ["a", 1, {"b": True}]) == [REDACTED] * 2 + [
+        {"b": REDACTED}
+    ]
+    assert masked(plan({"json": ["$[1]"], "style": "null"}), [1, 2, 3]) == [1, None, 3]
+    assert masked(plan({"json": ["$"], "style": "hash"}), "x") == HASH.token(b"x")
+
+
+def test_unchanged_bodies_are_returned_as_they_are() -> None:
+    p = plan(CARD)
+    body = b'{ "data" : [ {"card": {"other": 1}} ] }'
+    assert p.mask_body(body, "application/json") is body
+    assert p.mask_body(b"", "application/json") == b""
+    assert p.mask_body(b"  \n", "application/json") == b"  \n"
+    assert plan().mask_body(b"not json", "application/json") == b"not json"  # nothing to mask
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"data": [',
+        b"{'data': 1}",
+        b'{"data": 1} trailing',
+        b'{"data": 1e400}',
+        b"\xff\xfe\x00{",
+        b")]}'\n",
+        b"[" * 100_000 + b"]" * 100_000,
+    ],
+)
+def test_declared_json_that_is_not_json_fails(body: bytes) -> None:
+    with pytest.raises(ResponseMaskingFailed) as caught:
+        plan(CARD).mask_body(body, "application/json")
+    assert caught.value.http_status == 502
+    assert isinstance(caught.value, MaskingFailed)
+    assert "rows" not in caught.value.message
+
+
+def test_non_standard_constants_are_kept() -> None:
+    out = plan(CARD).mask_body(b'{"x": NaN, "data": [{"card": {"number": "1234"}}]}', "text/json")
+    assert out == b'{"x":NaN,"data":[{"card":{"number":"**34"}}]}'
+
+
+def test_bom_xssi_guard_and_charsets() -> None:
+    p = plan({"json": ["$.a"]})
+    assert p.mask_body(b'\xef\xbb\xbf{"a": "x"}', "application/json") == (
+        '\ufeff{"a":"[REDACTED]"}'.encode()
+    )
+    assert p.mask_body(b')]}\'\n{"a": "x"}', "application/json") == b')]}\'\n{"a":"[REDACTED]"}'
+    utf16 = '{"a": "x", "b": "é"}'.encode("utf-16")
+    out = p.mask_body(utf16, "application/json; charset=utf-16")
+    assert json.loads(out.decode("utf-16")) == {"a": REDACTED, "b": "é"}
+    with pytest.raises(ResponseMaskingFailed):
+        p.mask_body(b'{"a": "x"}', "application/json; charset=klingon")
+
+
+def test_json_lines() -> None:
+    p = plan({"json": ["$.a"]})
+    body = b'{"a": 1}\n\n{"a": 2, "b": 3}\r\n{"b": 4}\n'
+    assert p.mask_body(body, "application/x-ndjson") == (
+        b'{"a":"[REDACTED]"}\n\n{"a":"[REDACTED]","b":3}\r\n{"b": 4}\n'
+    )
+    # JSON lines sent as application/json
+    assert p.mask_body(b'{"a": 1}\n{"a": 2}', "application/json") == (
+        b'{"a":"[REDACTED]"}\n{"a":"[REDACTED]"}'
+    )
+    with pytest.raises(ResponseMaskingFailed):
+        p.mask_body(b'{"a": 1}\n{"a": \n', "application/x-ndjson")
+    seq = b'\x1e{"a": 1}\n\x1e{"a": 2}\n'
+    assert p.mask_body(seq, "application/json-seq").count(b"REDACTED") == 2
+
+
+def test_event_streams() -> None:
+    p = plan({"json": ["$.choices[*].text"]}, DETECT)
+    body = (
+        b"event: delta\n"
+        b'data: {"choices": [{"text": "secret"}]}\n\n'
+        b"data: {\n"
+        b'data: "choices": [{"text": "split"}]}\n\n'
+        b"data: mail bob@example.com\n\n"
+        b": a comment with carol@example.com\n\n"
+        b"data: [DONE]\n\n"
+    )
+    out = p.mask_body(body, "text/event-stream").decode()
+    assert "secret" not in out and "split" not in out
+    assert "@example.com" not in out
+    assert 'data: {"choices":[{"text":"[REDACTED]"}]}' in out
+    assert out.endswith("data: [DONE]\n\n")
+    assert p.mask_body(b"data: [DONE]\n\n", "text/event-stream") == b"data: [DONE]\n\n"
+
+
+# --- content codings ---------------------------------------------------------------------------
+
+
+def test_gzip_and_deflate_are_undone_and_redone() -> None:
+    p = plan({"json": ["$.a"]})
+    out = p.mask_body(gzip.compress(b'{"a": "x"}'), "application/json", "gzip")
+    assert gzip.decompress(out) == b'{"a":"[REDACTED]"}'
+    out = p.mask_body(zlib.compress(b'{"a": "x"}'), "application/json", "deflate")
+    assert zlib.decompress(out) == b'{"a":"[REDACTED]"}'
+    raw = zlib.compressobj(6, zlib.DEFLATED, -15)
+    raw_deflate = raw.compress(b'{"a": "x"}') + raw.flush()
+    assert b"REDACTED" in zlib.decompress(p.mask_body(raw_deflate, "application/json", "deflate"))
+    untouched = gzip.compress(b'{"b": "x"}')
+    assert p.mask_body(untouched, "application/json", "gzip") is untouched
+
+
+@pytest.mark.parametrize(
+    ("body", "coding", "message"),
+    [
+        (b"....", "br", "br-encoded"),
+        (b"not gzip", "gzip", "corrupt"),
+        (gzip.compress(b'{"a": "x"}')[:-8], "gzip", "truncated"),
+        (gzip.compress(b" " * 100_000), "gzip", "larger than"),
+    ],
+)
+def test_unreadable_codings_fail(body: bytes, coding: str, message: str) -> None:
+    small = HttpMaskPlan.for_principal(
+        [policy({"json": ["$.a"]})], ALICE, "payments", secret=SECRET, limit=50_000
+    )
+    with pytest.raises(ResponseMaskingFailed) as caught:
+        small.mask_body(body, "application/json", coding)
+    assert message in caught.value.reason
+
+
+def test_request_headers_ask_for_whole_uncompressed_bodies() -> None:
+    headers = [("Range", "bytes=0-10"), ("Accept-Encoding", "br"), ("X-A", "1")]
+    assert plan(CARD).request_headers(headers) == [("X-A", "1"), ("accept-encoding", "identity")]
+    header_only = plan({"headers": ["x-secret"]})
+    assert header_only.request_headers(headers) == headers
+
+
+# --- detectors -----------------------------------------------------------------------------------
+
+
+def test_detectors_in_strings_numbers_and_names() -> None:
+    p = plan(DETECT)
+    doc = {
+        "note": "write to bob@example.com please",
+        "card": 4111111111111111,
+        "cards": ["4111 1111 1111 1111", 12],
+        "bob@example.com": {"alice@example.com": 1, "[REDACTED]": 2},
+        "ok": True,
+        "n": None,
+    }
+    out = masked(p, doc)
+    assert out["note"] == "write to [REDACTED] please"
+    assert out["card"] == REDACTED
+    assert out["cards"] == [REDACTED, 12]
+    assert out[REDACTED] == {"[REDACTED]~2": 1, REDACTED: 2} or out[REDACTED] == {
+        REDACTED: 1,
+        "[REDACTED]~2": 2,
+    }
+    assert out["ok"] is True and out["n"] is None
+
+
+def test_escaped_characters_do_not_hide_hits() -> None:
+    p = plan(DETECT)
+    body = b'{"note": "bob\\u0040example.com"}'
+    assert json.loads(p.mask_body(body, "application/json")) == {"note": REDACTED}
+
+
+def test_null_style_detector_hits() -> None:
+    p = plan({"detect": ["email"], "style": "null"})
+    out = masked(p, {"a": "x bob@example.com", "bob@example.com": 1})
+    assert out == {"a": None, REDACTED: 1}
+    assert p.mask_body(b"mail bob@example.com", "text/plain") == b"mail [REDACTED]"
+
+
+def test_text_bodies() -> None:
+    p = plan(DETECT)
+    body = "Grüße bob@example.com\n4111-1111-1111-1111".encode("latin-1")
+    out = p.mask_body(body, "text/plain; charset=iso-8859-1")
+    assert out == "Grüße [REDACTED]\n[REDACTED]".encode("latin-1")
+    # undecodable bytes go back out as they came
+    out = p.mask_body(b"\xff\xfe bob@example.com \x80", "text/html")
+    assert out == b"\xff\xfe [REDACTED] \x80"
+    # JSON labelled text is masked as JSON (a card number written as a number stays JSON)
+    out = p.mask_body(b'{"card": 4111111111111111}', "text/plain")
+    assert json.loads(out) == {"card": REDACTED}
+
+
+def test_mislabelled_and_unlabelled_bodies() -> None:
+    p = plan({"json": ["$.secret"]}, DETECT)
+    for content_type in ("application/octet-stream", None, "image/png", "text/html"):
+        out = p.mask_body(b' {"secret": "s", "x": 1}', content_type)
+        assert json.loads(out) == {"secret": REDACTED, "x": 1}, content_type
+    assert p.mask_body(b"plain bob@example.com", None) == b"plain [REDACTED]"
+    binary = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR bob@example.com"
+    assert p.mask_body(binary, "image/png") is binary  # binary formats are not read
+    almost = b'{"secret": "s", "x": '  # looks like JSON, is not: not JSON to a client either
+    assert p.mask_body(almost, "application/octet-stream") == almost
+
+
+@pytest.mark.parametrize(
+    ("content_type", "kind"),
+    [
+        ("application/json", "json"),
+        ("Application/JSON; charset=utf-8", "json"),
+        ("application/problem+json", "json"),
+        ("application/vnd.api+json", "json"),
+        ("text/json", "json"),
+        ("application/x-ndjson", "ndjson"),
+        ("text/event-stream", "event-stream"),
+        ("text/plain", "text"),
+        ("application/xml", "text"),
+        ("image/svg+xml", "text"),
+        ("application/x-www-form-urlencoded", "form"),
+        ("multipart/form-data; boundary=x", "multipart"),
+        ("image/png", "other"),
+        ("application/octet-stream", "other"),
+        (None, "other"),
+        ("", "other"),
+    ],
+)
+def test_media_kinds(content_type: str | None, kind: str) -> None:
+    assert media_kind(content_type) == kind
+
+
+def test_which_bodies_are_inspected() -> None:
+    paths_only = plan(CARD)
+    with_detectors = plan(CARD, DETECT)
+    headers_only = plan({"headers": ["x-a"]})
+    assert headers_only.inspection("application/json") == "none"
+    assert not headers_only.needs_body("application/json")
+    assert paths_only.inspection("application/json") == "buffer"
+    assert paths_only.inspection("text/plain") == "sniff"
+    assert with_detectors.inspection("text/plain") == "buffer"
+    assert with_detectors.inspection("image/png") == "sniff"
+    assert paths_only.needs_body("image/png")  # without the first bytes: fail closed
+    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00"
+    assert not with_detectors.needs_body("image/png", png)
+    assert paths_only.needs_body("image/png", b'\n  {"data": []}')
+    assert paths_only.needs_body(None, b'\xef\xbb\xbf["x"]')
+    assert paths_only.needs_body(None, b"for(;;);{}")
+    assert not paths_only.needs_body("text/plain", b"hello")
+    assert with_detectors.needs_body("application/octet-stream", b"id,email\n1,a@b.co\n")
+    assert not with_detectors.needs_body("application/octet-stream", b"")
+
+
+def test_sniffing() -> None:
+    assert looks_like_json(b'{"a"')
+    assert looks_like_json('{"a": 1}'.encode("utf-16-le"))
+    assert looks_like_json(b")]}',\n[1]")
+    assert not looks_like_json(b"<html>")
+    assert looks_like_text(b"name,email\n")
+    assert looks_like_text("text".encode("utf-16"))
+    assert not looks_like_text(gzip.compress(b"x" * 100))
+    assert not looks_like_text(b"\x00\x01\x02text")
+    assert not looks_like_text(bytes(range(1, 40)) * 3)
+
+
+# --- headers -----------------------------------------------------------------------------------
+
+
+def test_headers() -> None:
+    p = plan(
+        {"headers": ["set-cookie"], "style": "hash"},
+        {"headers": ["x-api-*"], "style": "partial", "keep": 2},
+        {"headers": ["x-drop"], "style": "null"},
+    )
+    out = p.mask_headers(
+        [
+            ("Set-Cookie", "sid=abc123; Path=/; HttpOnly"),
+            ("set-cookie", 'pref="dark"'),
+            ("Set-Cookie", "flag"),
+            ("X-API-Key", "abcdef"),
+            ("X-Drop", "gone"),
+            ("Content-Type", "application/json"),
+            ("Content-Length", "12"),
+            ("X-Other", "bob@example.com"),
+        ]
+    )
+    assert out == [
+        ("Set-Cookie", f"sid={HASH.token(b'abc123')}; Path=/; HttpOnly"),
+        ("set-cookie", f'pref="{HASH.token(b"dark")}"'),
+        ("Set-Cookie", HASH.token(b"flag")),
+        ("X-API-Key", "****ef"),
+        ("Content-Type", "application/json"),
+        ("Content-Length", "12"),
+        ("X-Other", "bob@example.com"),  # no detectors in this plan
+    ]
+
+
+def test_detectors_on_headers() -> None:
+    p = plan(DETECT, {"detect": ["ipv4"], "style": "null"})
+    out = p.mask_headers(
+        [
+            ("Location", "/users?email=bob@example.com"),
+            ("X-Forwarded-For", "10.0.0.1"),
+            ("Content-Length", "4111111111111111"),
+            ("X-Plain", "nothing"),
+        ]
+    )
+    assert ("X-Plain", "nothing") in out
+    assert ("Content-Length", "4111111111111111") in out  # framing is never touched
+    assert all(name != "X-Forwarded-For" for name, _ in out)  # null: the header goes
+    assert all("bob@" not in value for _, value in out)
+    assert plan().mask_headers([("Set-Cookie", "a=b")]) == [("Set-Cookie", "a=b")]
+
+
+# --- audit samples -----------------------------------------------------------------------------
+
+
+def test_request_samples_and_query_strings() -> None:
+    p = plan({"json": ["$.card"]}, DETECT)
+    sample = p.mask_request_sample(
+        b'{"card": "4111111111111111", "note": "bob@example.com"}', "application/json", 22
+    )
+    assert sample == b'{"card":"[REDACTED]","'
+    assert p.mask_request_sample(b'{"card": ', "application/json") == UNMASKABLE_SAMPLE
+    assert p.mask_request_sample(None, None) is None
+    query = p.mask_query("api_key=abc&Token=x&email=bob%40example.com&q=hello+world&flag")
+    assert query == "api_key=[REDACTED]&Token=[REDACTED]&email=[REDACTED]&q=hello+world&flag"
+    assert plan().mask_query("access_token=abc&q=1") == "access_token=[REDACTED]&q=1"
+
+
+def test_multipart_parts_are_masked_by_their_own_type() -> None:
+    p = plan({"json": ["$.secret"]}, DETECT)
+    body = (
+        b"preamble\r\n"
+        b"--XYZ\r\n"
+        b"Content-Type: application/json\r\n\r\n"
+        b'{"secret": "s", "a": 1}\r\n'
+        b"--XYZ\r\n"
+        b"Content-Type: text/plain\r\n\r\n"
+        b"mail bob@example.com\r\n"
+        b"--XYZ\r\n"
+        b"Content-Type: image/png\r\n\r\n"
+        b"\x89PNG\x00\x00bob@example.com\r\n"
+        b"--XYZ--\r\n"
+    )
+    out = p.mask_body(body, 'multipart/mixed; boundary="XYZ"')
+    assert b'{"secret":"[REDACTED]","a":1}\r\n--XYZ' in out
+    assert b"mail [REDACTED]\r\n--XYZ" in out
+    assert b"\x89PNG\x00\x00bob@example.com" in out  # binary parts are not read
+    assert out.endswith(b"--XYZ--\r\n")
+    assert plan({"json": ["$.secret"]}).inspection("multipart/mixed; boundary=a") == "buffer"
+    with pytest.raises(ResponseMaskingFailed):
+        p.mask_body(body, "multipart/mixed")  # no boundary
+    encoded = b"--XYZ\r\nContent-Transfer-Encoding: base64\r\n\r\nYWJj\r\n--XYZ--\r\n"
+    with pytest.raises(ResponseMaskingFailed):
+        p.mask_body(encoded, "multipart/mixed; boundary=XYZ")
+
+
+def test_form_bodies_are_decoded_for_detectors() -> None:
+    p = plan(DETECT)
+    out = p.mask_body(
+        b"name=Bob&email=bob%40example.com&x=%FF", "application/x-www-form-urlencoded"
+    )
+    assert out == b"name=Bob&email=[REDACTED]&x=%FF"
+    same = b"a=1&b=2"
+    assert p.mask_body(same, "application/x-www-form-urlencoded") is same
