@@ -14,10 +14,10 @@ Legs (``--targets``): ``direct`` (the server), ``pgbouncer`` (session pooling, t
 ``callgate-jwt`` (the JWT), ``callgate-key`` (a ``cgk_`` API key, for comparison). Results go to
 bench/results/connect-latest.json.
 
-Reading the figures: pgbouncer hands each new client one of its already-open server connections,
-while callgate (so far) opens a new upstream connection, with PostgreSQL's fork and
-authentication, for every caller connection. ``direct`` is therefore the ceiling for callgate
-today; ``callgate-jwt`` close to ``callgate-key`` means identity is not what costs.
+Reading the figures: pgbouncer hands each new client one of its already-open server connections;
+callgate does the same (session pooling, reset with ``DISCARD ALL``, docs/postgres.md), so neither
+pays PostgreSQL's fork and authentication per client. ``direct`` does, every time.
+``callgate-jwt`` close to ``callgate-key`` means identity is not what costs.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from callgate.config.fields import (
     ExistingFile,
     HttpUrl,
     NonEmptyStr,
+    NonNegativeInt,
     Port,
     PositiveDuration,
     Secret,
@@ -37,6 +38,15 @@ UPSTREAM_TAGS: Final = frozenset({DATABASE_TAG, HTTP_TAG})
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2 token
 
 
+class PoolConfig(ConfigModel):
+    """Idle upstream connections kept for the next caller (PostgreSQL; reset with DISCARD ALL)."""
+
+    #: idle connections kept per set of startup parameters; 0 turns pooling off
+    max_idle: NonNegativeInt = 16
+    #: an idle connection unused this long is closed
+    idle_timeout: PositiveDuration = timedelta(seconds=60)
+
+
 class DatabaseUpstream(ConfigModel):
     host: NonEmptyStr
     #: 5432 for postgres, 3306 for mysql when not given
@@ -49,6 +59,7 @@ class DatabaseUpstream(ConfigModel):
     tls: UpstreamTLS = "prefer"
     ca_file: ExistingFile | None = None
     connect_timeout: PositiveDuration = timedelta(seconds=10)
+    pool: PoolConfig = PoolConfig()
 
     @model_validator(mode="after")
     def _ca_needs_verification(self) -> DatabaseUpstream:

@@ -52,6 +52,9 @@ def start_corpus_gateway(
                     "password": "env:CG_TEST_UPSTREAM_PASSWORD",
                     "tls": "verify-full",
                     "ca_file": str(cluster.ca_file),
+                    # callgate's own pool reset (DISCARD ALL) would show in the server log
+                    # beside the corpus's refused DISCARD ALL
+                    "pool": {"max_idle": 0},
                 },
             }
         ],

@@ -8,6 +8,7 @@ import ssl
 from typing import TYPE_CHECKING
 
 from callgate.engines.postgres.mask_session import CatalogCache
+from callgate.engines.postgres.pool import UpstreamPool
 from callgate.engines.postgres.session import PostgresSession, new_cancel_key
 from callgate.engines.postgres.upstream import UpstreamTarget
 from callgate.identity.secret_key import secret_key_from_config
@@ -35,6 +36,8 @@ class PostgresListener:
         self._tasks: set[asyncio.Task[None]] = set()
         #: per connection: the upstream catalog masking resolves columns with
         self._catalogs: dict[str, CatalogCache] = {}
+        #: idle upstream connections kept for the next caller (session pooling)
+        self.pool = UpstreamPool()
         self._secret_key: bytes | None = None
 
     async def start(self) -> None:
@@ -54,6 +57,7 @@ class PostgresListener:
         self.services = services
         self._upstream_ctx.clear()
         self._catalogs.clear()
+        self.pool.clear()  # a connection's upstream or credential may have changed
         self._secret_key = None
 
     def secret_key(self) -> bytes:
@@ -124,3 +128,4 @@ class PostgresListener:
                 for s in list(self.sessions.values()):
                     s.terminate("callgate is shutting down")
                 await asyncio.wait(pending, timeout=5.0)
+        await self.pool.close()

@@ -52,6 +52,8 @@ class UpstreamRelay(asyncio.Protocol):
         self.masker = masker
         #: resolves with the reason the upstream side ended (an exception for failures)
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        #: upstream bytes were dropped (they came after the relay stopped) or relaying failed
+        self._spoiled = False
 
     def attach(self, transport: asyncio.Transport, leftover: bytes) -> None:
         self._transport = transport
@@ -62,6 +64,7 @@ class UpstreamRelay(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.done.done():
+            self._spoiled = True
             return
         try:
             if self._rewriter.active:
@@ -123,7 +126,25 @@ class UpstreamRelay(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(UpstreamUnavailable("the upstream database closed the connection"))
 
+    def detach(self) -> bool:
+        """Stop relaying and hand the transport back (session pooling). True when the upstream
+        stream is clean: nothing failed or was dropped, and it stands at a message boundary."""
+        clean = (
+            not self._spoiled
+            and not self._draining
+            and self._observer.at_boundary
+            and not self._rewriter.active
+            and (self.masker is None or self.masker.at_boundary)
+        )
+        self._spoiled = True  # nothing more goes to this session's client
+        if not self.done.done():
+            self.done.cancel()
+        if self._transport is not None:
+            self._transport.pause_reading()
+        return clean
+
     def _fail(self, exc: CallgateError) -> None:
+        self._spoiled = True
         if not self.done.done():
             self.done.set_exception(exc)
         if self._transport is not None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, cast
 from callgate.approvals import Grant, pending_error
 from callgate.engines.postgres import upstream as up
 from callgate.engines.postgres.mask_session import SessionMasking
+from callgate.engines.postgres.pool import PoolKey, pool_key, rebind_streams
 from callgate.engines.postgres.refusal import (
     ResponseRewriter,
     error_frame,
@@ -53,6 +54,7 @@ from callgate.services import Services, SessionRecorder
 
 if TYPE_CHECKING:
     from callgate.config import ConnectionConfig, ListenerConfig
+    from callgate.config.connections import PoolConfig
     from callgate.engines.postgres.listener import PostgresListener
 
 log = logging.getLogger("callgate.postgres")
@@ -169,8 +171,10 @@ class PostgresSession:
         self._upstream_relay: UpstreamRelay | None = None
         #: portals described (by the client, or by callgate before an Execute) since their Bind
         self._described: set[str] = set()
-        #: the client's Terminate was forwarded upstream
+        #: the client sent Terminate (callgate ends the upstream side itself)
         self._terminated = False
+        self._pool_config: PoolConfig | None = None
+        self._pool_key: PoolKey = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -211,7 +215,7 @@ class PostgresSession:
                 self.tracker.abandon(f"session ended: {reason}")
             except Exception:  # recording the end below matters more
                 log.exception("session %s: could not record statements in flight", self.id)
-        if self.upstream is not None:
+        if self.upstream is not None and not self._give_back_upstream():
             w = self.upstream.writer
             if not w.is_closing():
                 with contextlib.suppress(OSError, RuntimeError):
@@ -226,6 +230,42 @@ class PostgresSession:
             except CallgateError as exc:
                 log.error("could not record the end of session %s: %s", self.id, exc.message)
         log.info("session %s ended: %s", self.id, reason)
+
+    def _give_back_upstream(self) -> bool:
+        """Hand an idle, clean upstream connection to the pool; False: close it instead."""
+        relay = self._upstream_relay
+        upstream = self.upstream
+        pool_cfg = self._pool_config
+        if (
+            upstream is None
+            or relay is None
+            or pool_cfg is None
+            or pool_cfg.max_idle <= 0
+            or not self._terminated
+            or self._stop.is_set()
+            or self._absorbing
+            or self.tracker is None
+            or self.tracker.in_flight
+            or self.tracker.transaction_status != "I"
+            or upstream.writer.is_closing()
+        ):
+            log.debug("session %s: upstream not pooled (session state)", self.id)
+            return False
+        if not relay.detach():
+            log.debug("session %s: upstream not pooled (stream not clean)", self.id)
+            return False
+        try:
+            rebind_streams(upstream)
+        except (OSError, RuntimeError, AttributeError):
+            return False
+        self.listener.pool.give_back(
+            self._pool_key,
+            upstream,
+            max_idle=pool_cfg.max_idle,
+            idle_timeout=pool_cfg.idle_timeout.total_seconds(),
+        )
+        self.upstream = None
+        return True
 
     async def _send_error(self, exc: CallgateError) -> None:
         if self.client_w.is_closing():
@@ -340,7 +380,10 @@ class PostgresSession:
         self.recorder = await self.services.audit.open_session(info)
         self.tracker = StatementTracker(self.recorder, time.monotonic)
         self.target = _target(conn, self.listener.upstream_ssl_context(conn))
-        self.upstream = await up.connect(self.target, startup.parameters)
+        self._pool_config = conn.database_upstream.pool
+        self._pool_key = pool_key(self.target, startup.parameters)
+        pooled = self.listener.pool.take(self._pool_key) if self._pool_config.max_idle else None
+        self.upstream = pooled or await up.connect(self.target, startup.parameters)
 
         self.connection = conn.name
         self._mask_version = self.listener.services.policy.version
@@ -450,8 +493,7 @@ class PostgresSession:
         if stop in done:
             raise SessionTerminated(self._stop_reason or "the session was ended by callgate")
         if self._terminated:
-            # The client said goodbye; the upstream closing right after is no failure, whichever
-            # side the loop saw finish first.
+            # The client said goodbye; whatever the upstream side did meanwhile is no failure.
             return "client terminated the session"
         # Prefer the error of a failed pump over the clean exit of the other.
         for t in done:
@@ -690,14 +732,13 @@ class PostgresSession:
                     await self._on_function_call(m.decode_function_call(item.body), item, out)
                     continue
                 elif t == m.FrontendType.TERMINATE:
-                    terminate = True
-                    # The upstream closes its side once it reads this: that is the clean end.
-                    self._terminated = True
+                    # Not forwarded: the session's end closes the upstream (with a Terminate of
+                    # callgate's own) or, when it is idle and clean, gives it back to the pool.
+                    self._terminated = terminate = True
+                    break
                 elif t == m.FrontendType.PASSWORD:
                     raise ProtocolViolation("unexpected password message after authentication")
                 out += m.frame(t, item.body)
-                if terminate:
-                    break
             if out:
                 up_w.write(out)
                 await up_w.drain()
