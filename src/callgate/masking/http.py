@@ -43,12 +43,12 @@ from callgate.masking.media import (
     looks_like_text,
     media_kind,
 )
-from callgate.masking.plan import DetectRule, MaskRules, style_of
+from callgate.masking.plan import DetectRule, MaskRules, applicable_mask_rules, style_of
 from callgate.masking.styles import REDACTED, Style, strictest
 from callgate.model import Principal
 
 if TYPE_CHECKING:
-    from callgate.config import MaskRuleConfig, PolicyConfig
+    from callgate.config import PolicyConfig
 
 Inspection = Literal["none", "buffer", "sniff"]
 Headers = Sequence[tuple[str, str]]
@@ -106,27 +106,6 @@ class HeaderRule:
         return any(p.match(lowered) for p in self.names)
 
 
-def _policy_mask_rules(
-    policies: Iterable[PolicyConfig], principal: Principal, connection: str, granted: Iterable[str]
-) -> list[tuple[str, MaskRuleConfig]]:
-    """``(label, rule)`` for every mask rule that applies to the caller on the connection: the
-    policies naming the caller (or granted to it), minus those whose ``mask_exempt`` names it."""
-    extra = frozenset(granted)
-    out: list[tuple[str, MaskRuleConfig]] = []
-    for policy in policies:
-        if not policy.applies_to(connection):
-            continue
-        if policy.name not in extra and not policy.subjects.matches(
-            principal.subject, principal.groups
-        ):
-            continue
-        exempt = policy.mask_exempt
-        if exempt is not None and exempt.matches(principal.subject, principal.groups):
-            continue
-        out.extend((f"{policy.name} / mask[{i}]", rule) for i, rule in enumerate(policy.mask))
-    return out
-
-
 @dataclass(frozen=True, slots=True)
 class HttpMaskPlan:
     """Every mask rule that applies to one caller on one HTTP connection, compiled."""
@@ -160,7 +139,7 @@ class HttpMaskPlan:
         paths: list[PathRule] = []
         headers: list[HeaderRule] = []
         detects: list[DetectRule] = []
-        for label, rule in _policy_mask_rules(policies, principal, connection, granted):
+        for label, rule in applicable_mask_rules(policies, principal, connection, granted):
             style = style_of(rule, secret)
             if rule.json_paths:
                 paths.extend(PathRule(parse_json_path(p), style, label) for p in rule.json_paths)

@@ -108,6 +108,29 @@ class DetectRule:
     style: Style
 
 
+def applicable_mask_rules(
+    policies: Iterable[PolicyConfig], principal: Principal, connection: str, granted: Iterable[str]
+) -> list[tuple[str, MaskRuleConfig]]:
+    """``(label, rule)`` for every mask rule that applies to the caller on the connection: the
+    policies naming the caller (or granted to it by an access window, whatever their
+    ``subjects`` say), minus those whose ``mask_exempt`` names it. Every protocol's plan starts
+    here."""
+    extra = frozenset(granted)
+    out: list[tuple[str, MaskRuleConfig]] = []
+    for policy in policies:
+        if not policy.applies_to(connection):
+            continue
+        if policy.name not in extra and not policy.subjects.matches(
+            principal.subject, principal.groups
+        ):
+            continue
+        exempt = policy.mask_exempt
+        if exempt is not None and exempt.matches(principal.subject, principal.groups):
+            continue
+        out.extend((f"{policy.name} / mask[{i}]", rule) for i, rule in enumerate(policy.mask))
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class MaskRules:
     """Every mask rule that applies to one caller on one connection."""
@@ -138,31 +161,19 @@ class MaskRules:
         ``subjects`` say (their ``mask_exempt`` still counts)."""
         columns: list[ColumnRule] = []
         detects: list[DetectRule] = []
-        extra = frozenset(granted)
-        for policy in policies:
-            if not policy.applies_to(connection):
-                continue
-            if policy.name not in extra and not policy.subjects.matches(
-                principal.subject, principal.groups
-            ):
-                continue
-            exempt = policy.mask_exempt
-            if exempt is not None and exempt.matches(principal.subject, principal.groups):
-                continue
-            for index, rule in enumerate(policy.mask):
-                label = f"{policy.name} / mask[{index}]"
-                style = style_of(rule, secret)
-                if rule.columns:
-                    columns.append(
-                        ColumnRule(
-                            label,
-                            tuple(ColumnGlob.compile(g) for g in rule.columns),
-                            style,
-                            rule.on_unknown == "deny",
-                        )
+        for label, rule in applicable_mask_rules(policies, principal, connection, granted):
+            style = style_of(rule, secret)
+            if rule.columns:
+                columns.append(
+                    ColumnRule(
+                        label,
+                        tuple(ColumnGlob.compile(g) for g in rule.columns),
+                        style,
+                        rule.on_unknown == "deny",
                     )
-                elif rule.detect:
-                    detects.append(DetectRule(label, tuple(rule.detect), style))
+                )
+            elif rule.detect:
+                detects.append(DetectRule(label, tuple(rule.detect), style))
         return cls.compile(columns, detects)
 
     @classmethod

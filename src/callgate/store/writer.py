@@ -75,25 +75,14 @@ def _wake(by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Waiter, Outcome]]]
             loop.call_soon_threadsafe(_settle, pairs)
 
 
-class GroupCommitWriter:
-    def __init__(
-        self,
-        sink: BatchSink,
-        *,
-        name: str = "callgate-store-writer",
-        max_batch: int = MAX_BATCH_ITEMS,
-    ) -> None:
-        self._sink = sink
-        self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._closed = False
+class _WriterState:
+    """Health, batch count and rate-limited reports of lost writes, shared by both writers."""
+
+    def __init__(self) -> None:
         self._healthy = True
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._started = threading.Event()
-        self._open_error: BaseException | None = None
+        self._batches = 0
         self._lost = 0
         self._last_warning = -FAILURE_LOG_INTERVAL
-        self._batches = 0
 
     @property
     def healthy(self) -> bool:
@@ -103,6 +92,32 @@ class GroupCommitWriter:
     def batches(self) -> int:
         """Batches handed to the sink so far (one transaction each unless one was isolated)."""
         return self._batches
+
+    def _note_lost(self, error: StoreError) -> None:
+        self._lost += 1
+        now = time.monotonic()
+        if now - self._last_warning >= FAILURE_LOG_INTERVAL:
+            log.warning("store write failed, %d queued write(s) lost: %s", self._lost, error)
+            self._lost = 0
+            self._last_warning = now
+
+
+class GroupCommitWriter(_WriterState):
+    def __init__(
+        self,
+        sink: BatchSink,
+        *,
+        name: str = "callgate-store-writer",
+        max_batch: int = MAX_BATCH_ITEMS,
+    ) -> None:
+        super().__init__()
+        self._sink = sink
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._started = threading.Event()
+        self._open_error: BaseException | None = None
 
     def start(self) -> None:
         """Start the thread and wait until the backend connection is open (or raise its error)."""
@@ -188,14 +203,6 @@ class GroupCommitWriter:
         self._healthy = not unavailable
         _wake(by_loop)
 
-    def _note_lost(self, error: StoreError) -> None:
-        self._lost += 1
-        now = time.monotonic()
-        if now - self._last_warning >= FAILURE_LOG_INTERVAL:
-            log.warning("store write failed, %d queued write(s) lost: %s", self._lost, error)
-            self._lost = 0
-            self._last_warning = now
-
     def _fail_leftovers(self) -> None:
         """Items queued after the stop marker (a race with :meth:`stop`) fail instead of hanging."""
         pairs: dict[asyncio.AbstractEventLoop, list[tuple[Waiter, Outcome]]] = {}
@@ -219,7 +226,7 @@ BUSY_RETRY_FIRST = 0.001
 BUSY_RETRY_MAX = 0.05
 
 
-class LoopWriter:
+class LoopWriter(_WriterState):
     """Group commit on the event loop's own thread.
 
     Everything queued during one turn of the loop is written in one transaction when that turn
@@ -237,6 +244,7 @@ class LoopWriter:
     def __init__(
         self, sink: BatchSink, *, max_batch: int = MAX_BATCH_ITEMS, busy_timeout: float = 5.0
     ) -> None:
+        super().__init__()
         self._sink = sink
         self._max_batch = max_batch
         self._busy_timeout = busy_timeout
@@ -244,22 +252,10 @@ class LoopWriter:
         self._scheduled = False
         self._retry: tuple[float, float] | None = None  # (first failure time, next pause)
         self._closed = False
-        self._healthy = True
-        self._batches = 0
-        self._lost = 0
-        self._last_warning = -FAILURE_LOG_INTERVAL
         self._last_write = time.monotonic()
         self._idle_handle: asyncio.TimerHandle | None = None
         self._delayed: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def healthy(self) -> bool:
-        return self._healthy
-
-    @property
-    def batches(self) -> int:
-        return self._batches
 
     def start(self) -> None:
         self._sink.open()
@@ -341,14 +337,6 @@ class LoopWriter:
                 else:
                     waiter.set_result(outcome)
         self._healthy = not unavailable
-
-    def _note_lost(self, error: StoreError) -> None:
-        self._lost += 1
-        now = time.monotonic()
-        if now - self._last_warning >= FAILURE_LOG_INTERVAL:
-            log.warning("store write failed, %d queued write(s) lost: %s", self._lost, error)
-            self._lost = 0
-            self._last_warning = now
 
     def _arm_idle(self) -> None:
         if self._loop is None or self._closed:
