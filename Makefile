@@ -12,12 +12,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.callgate-install.stamp
 
-# Debian packages: psql and libpq tools; postgresql-15 has initdb/pg_ctl (private clusters) and pgbench.
-APT_TEST  := postgresql-client postgresql-15
+# Debian packages: psql and libpq tools; postgresql-15 has initdb/pg_ctl (private clusters) and pgbench;
+# curl is a real client of the HTTP engine's tests.
+APT_TEST  := postgresql-client postgresql-15 curl
 APT_BENCH := $(APT_TEST) pgbouncer
 
-PYTEST_ARGS ?=
-BENCH_ARGS  ?=
+PYTEST_ARGS     ?=
+BENCH_ARGS      ?=
+HTTP_BENCH_ARGS ?=
 
 .PHONY: help setup deps-apt test lint pytest bench demo clean distclean
 
@@ -25,6 +27,7 @@ help:
 	@echo "make test      lint + pytest (what CI runs; sets everything up on a fresh machine)"
 	@echo "make lint      ruff check, ruff format --check, mypy --strict src"
 	@echo "make bench     benchmarks: pgbench direct/pgbouncer/callgate (BENCH_ARGS='--duration 5'),"
+	@echo "               HTTP GETs direct/callgate (HTTP_BENCH_ARGS='--duration 5'),"
 	@echo "               connection setup, audit throughput, masking throughput"
 	@echo "make demo      callgate demo"
 	@echo "make clean     caches, build output, bench results, install stamp (distclean: also .venv)"
@@ -62,6 +65,7 @@ test: setup deps-apt
 bench: setup
 	scripts/ensure-apt.sh $(APT_BENCH)
 	$(BIN)/python -m bench.pgbench_compare $(BENCH_ARGS)
+	$(BIN)/python -m bench.http_compare $(HTTP_BENCH_ARGS)
 	$(BIN)/python -m bench.connect_bench
 	$(BIN)/python bench/audit_throughput.py
 	$(BIN)/python -m bench.masking_throughput

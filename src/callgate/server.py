@@ -10,6 +10,7 @@ from pathlib import Path
 from callgate.audit import AuditTasks
 from callgate.bootstrap import ServiceBundle, build_services
 from callgate.config import Config, load_config
+from callgate.engines.http.listener import HttpListener
 from callgate.engines.postgres.listener import PostgresListener
 from callgate.errors import CallgateError, ConfigError
 from callgate.tls import server_context
@@ -19,7 +20,7 @@ log = logging.getLogger("callgate.server")
 
 #: Listener protocols this version serves. Others are refused at start rather than ignored, so a
 #: config never silently leaves a data path unguarded.
-SUPPORTED_LISTENERS = frozenset({"postgres", "api"})
+SUPPORTED_LISTENERS = frozenset({"postgres", "http", "api"})
 
 
 def check_supported(config: Config) -> None:
@@ -36,11 +37,12 @@ class Gateway:
     def __init__(self, config_path: Path, config: Config, bundle: ServiceBundle):
         self.config_path = config_path
         self.bundle = bundle
-        self.listeners = [
-            PostgresListener(bundle.services, lst)
-            for lst in config.listeners
-            if lst.protocol == "postgres"
-        ]
+        self.listeners: list[PostgresListener | HttpListener] = []
+        for lst in config.listeners:
+            if lst.protocol == "postgres":
+                self.listeners.append(PostgresListener(bundle.services, lst))
+            elif lst.protocol == "http":
+                self.listeners.append(HttpListener(bundle.services, lst))
         self.api_configs = [lst for lst in config.listeners if lst.protocol == "api"]
         self.api_servers: list[ApiServer] = []
         self._stop = asyncio.Event()

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from callgate.model import Decision, Principal, SessionInfo, SqlCommand
+from callgate.model import Decision, HttpRequest, Principal, SessionInfo, SqlCommand
 
 if TYPE_CHECKING:
     from callgate.approvals import ApprovalService
@@ -53,6 +53,42 @@ class SessionRecorder(Protocol):
     def masked(self, seq: int, columns: Sequence[tuple[str, str, int]]) -> None:
         """Record which result columns of statement ``seq`` were masked: ``(column, source,
         values changed)`` each, never a value. Queued; never blocks."""
+        ...
+
+    @property
+    def record_body(self) -> int:
+        """Bytes of each HTTP body :meth:`bodies` keeps (``gateway.audit.record_body``)."""
+        ...
+
+    async def request(self, request: HttpRequest, decision: Decision) -> int:
+        """Record an HTTP request before it is forwarded (or refused); the HTTP engine's
+        :meth:`statement`, with the same durability and ``on_store_failure`` behaviour."""
+        ...
+
+    def response(
+        self,
+        seq: int,
+        *,
+        status: int,
+        bytes_from_client: int,
+        bytes_to_client: int,
+        duration_ms: float,
+        error: str | None = None,
+    ) -> None:
+        """Record how HTTP request ``seq`` ended. Queued; never blocks."""
+        ...
+
+    def bodies(
+        self,
+        seq: int,
+        *,
+        request: bytes | None,
+        response: bytes | None,
+        request_truncated: bool = False,
+        response_truncated: bool = False,
+    ) -> None:
+        """Keep the first ``record_body`` bytes of request ``seq``'s body and response body
+        (already masked). Queued; never blocks."""
         ...
 
     async def end(self, reason: str, *, bytes_from_client: int, bytes_to_client: int) -> None:

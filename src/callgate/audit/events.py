@@ -1,7 +1,8 @@
 """What each audit event records: payload builders (pure functions, canonical JSON out).
 
-Event types: ``session.start``, ``query``, ``query.result``, ``session.end`` (in a session's chain)
-and ``auth.failure`` (outside any session). Payloads never carry a credential or a secret.
+Event types: ``session.start``, ``query``, ``query.result``, ``session.end`` (in a session's chain),
+``http.request``, ``http.response``, ``http.body`` (HTTP sessions) and ``auth.failure`` (outside
+any session). Payloads never carry a credential or a secret.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import base64
 import math
 from collections.abc import Sequence
 
-from callgate.model import Decision, SessionInfo, SqlCommand
+from callgate.model import Decision, HttpRequest, SessionInfo, SqlCommand
+from callgate.protocols.http.target import mask_query
 from callgate.store.chain import canonical_json
 
 SESSION_START = "session.start"
@@ -22,6 +24,14 @@ AUTH_FAILURE = "auth.failure"
 QUERY_ROWS = "query.rows"
 #: which result columns of a statement were masked, why and how many values (never a value)
 QUERY_MASKED = "query.masked"
+#: one HTTP request a caller sent (the HTTP engine's statement): method, path, masked query
+HTTP_REQUEST = "http.request"
+#: how an HTTP request ended: status, bytes, duration
+HTTP_RESPONSE = "http.response"
+#: the first ``record_body`` bytes of a request and its response, as forwarded and delivered
+HTTP_BODY = "http.body"
+#: event types that count as one statement of a session (``session.end`` ``statements``)
+STATEMENT_TYPES = (QUERY, HTTP_REQUEST)
 #: an export sink's backlog passed its bound and its oldest undelivered events were dropped
 BACKLOG_DROPPED = "export.backlog_dropped"
 #: ``end_reason`` of a session closed at start because the gateway serving it had died
@@ -173,5 +183,67 @@ def backlog_dropped(
             "first_event_id": first_event_id,
             "last_event_id": last_event_id,
             "max_backlog": bound,
+        }
+    )
+
+
+def _duration(duration_ms: float) -> float | None:
+    duration = float(duration_ms)
+    return round(duration, 3) if math.isfinite(duration) else None
+
+
+def http_request(request: HttpRequest, decision: Decision) -> str:
+    """An HTTP request as recorded: the query with secret-looking parameters masked (their
+    names are kept), never a header value (the caller's credential was one)."""
+    return canonical_json(
+        {
+            "method": request.method,
+            "path": request.path,
+            "query": mask_query(request.query),
+            "content_type": request.content_type,
+            "body_length": request.body_length,
+            "verdict": decision.verdict.value,
+            "rules": list(decision.rules),
+            "reason": decision.reason,
+        }
+    )
+
+
+def http_response(
+    seq: int,
+    *,
+    status: int,
+    bytes_from_client: int,
+    bytes_to_client: int,
+    duration_ms: float,
+    error: str | None,
+) -> str:
+    return canonical_json(
+        {
+            "request_seq": seq,
+            "status": status,
+            "bytes_from_client": bytes_from_client,
+            "bytes_to_client": bytes_to_client,
+            "duration_ms": _duration(duration_ms),
+            "error": error,
+        }
+    )
+
+
+def http_body(
+    seq: int,
+    *,
+    request: bytes | None,
+    response: bytes | None,
+    request_truncated: bool,
+    response_truncated: bool,
+) -> str:
+    return canonical_json(
+        {
+            "request_seq": seq,
+            "request": render_param(request),
+            "request_truncated": request_truncated,
+            "response": render_param(response),
+            "response_truncated": response_truncated,
         }
     )

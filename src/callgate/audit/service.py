@@ -28,7 +28,7 @@ from callgate.audit import events
 from callgate.audit.signing import signer_from_config
 from callgate.audit.sinks import sink_name
 from callgate.errors import AuditUnavailable, ConfigError
-from callgate.model import Decision, SessionInfo, SqlCommand
+from callgate.model import Decision, HttpRequest, SessionInfo, SqlCommand
 from callgate.services import Clock
 from callgate.store.audit_records import Checkpoint, CloseInterrupted, PurgeSessions
 from callgate.store.base import Store
@@ -96,6 +96,7 @@ class AuditService:
         close_store: bool = True,
         scrubber: ParamScrubber = record_params_as_sent,
         record_rows: int = 0,
+        record_body: int = 0,
         signer: CheckpointSigner | None = None,
         checkpoint_interval: float = DEFAULT_CHECKPOINT_SECONDS,
         sinks: Sequence[str] = (),
@@ -103,6 +104,7 @@ class AuditService:
     ) -> None:
         """``scrubber``: what parameter values are recorded (see :class:`ParamScrubber`).
         ``record_rows``: rows of each result kept by :meth:`SessionRecorder.rows` (0: none).
+        ``record_body``: bytes of each HTTP request and response body kept (0: none).
         ``signer``, ``checkpoint_interval``: signed checkpoints (none without a signer).
         ``sinks``: export sink names; each event gets an outbox row per sink in its transaction.
         ``gateway_id``: recorded with each session; :meth:`recover_interrupted` closes this
@@ -121,6 +123,7 @@ class AuditService:
         self._suppressed = 0
         self._scrubber = scrubber
         self._record_rows = max(0, record_rows)
+        self._record_body = max(0, record_body)
         self._gateway_id = gateway_id
         self._signer = signer
         if signer is not None or sinks or gateway_id is not None:
@@ -140,6 +143,10 @@ class AuditService:
     @property
     def record_rows(self) -> int:
         return self._record_rows
+
+    @property
+    def record_body(self) -> int:
+        return self._record_body
 
     @property
     def signing(self) -> bool:
@@ -329,6 +336,7 @@ class AuditService:
             on_store_failure=str(audit.on_store_failure),
             scrubber=scrubber,
             record_rows=audit.record_rows,
+            record_body=audit.record_body,
             signer=signer_from_config(config),
             checkpoint_interval=audit.checkpoint_interval.total_seconds(),
             sinks=[sink_name(s) for s in audit.export],
@@ -419,6 +427,79 @@ class SessionRecorder:
         payload = events.query_rows(seq, columns, kept, truncated=len(rows) > len(kept))
         self._service._queue(
             (AppendEvent(self._id, self._seq, self._clock(), events.QUERY_ROWS, payload),)
+        )
+
+    # --- HTTP ---------------------------------------------------------------------------------
+
+    @property
+    def record_body(self) -> int:
+        """Bytes of each HTTP body kept by :meth:`bodies` (0: none)."""
+        return self._service._record_body
+
+    async def request(self, request: HttpRequest, decision: Decision) -> int:
+        """Record an HTTP request before it is forwarded (or refused); like :meth:`statement`."""
+        if self._ended:
+            raise RuntimeError("request recorded after the session ended")
+        self._seq += 1
+        seq = self._seq
+        payload = events.http_request(request, decision)
+        await self._service._write(
+            (AppendEvent(self._id, seq, self._clock(), events.HTTP_REQUEST, payload),)
+        )
+        self._statements += 1
+        return seq
+
+    def response(
+        self,
+        seq: int,
+        *,
+        status: int,
+        bytes_from_client: int,
+        bytes_to_client: int,
+        duration_ms: float,
+        error: str | None = None,
+    ) -> None:
+        """Record how HTTP request ``seq`` ended. Queued; never blocks the data path."""
+        if self._ended:
+            log.debug("response after session %s ended: not recorded", self._id)
+            return
+        self._seq += 1
+        payload = events.http_response(
+            seq,
+            status=status,
+            bytes_from_client=bytes_from_client,
+            bytes_to_client=bytes_to_client,
+            duration_ms=duration_ms,
+            error=error,
+        )
+        self._service._queue(
+            (AppendEvent(self._id, self._seq, self._clock(), events.HTTP_RESPONSE, payload),)
+        )
+
+    def bodies(
+        self,
+        seq: int,
+        *,
+        request: bytes | None,
+        response: bytes | None,
+        request_truncated: bool = False,
+        response_truncated: bool = False,
+    ) -> None:
+        """Keep the first ``record_body`` bytes of request ``seq``'s body and its response's,
+        as forwarded and as delivered (masked). Queued; nothing when ``record_body`` is 0."""
+        limit = self._service._record_body
+        if self._ended or limit <= 0 or (not request and not response):
+            return
+        self._seq += 1
+        payload = events.http_body(
+            seq,
+            request=request[:limit] if request else request,
+            response=response[:limit] if response else response,
+            request_truncated=request_truncated or len(request or b"") > limit,
+            response_truncated=response_truncated or len(response or b"") > limit,
+        )
+        self._service._queue(
+            (AppendEvent(self._id, self._seq, self._clock(), events.HTTP_BODY, payload),)
         )
 
     def masked(self, seq: int, columns: Sequence[tuple[str, str, int]]) -> None:

@@ -92,6 +92,18 @@ def summarize(event: EventRecord) -> str:
             if isinstance(c, dict)
         )
         return f"#{data.get('statement_seq')} masked {columns}"
+    if event.type == "http.request":
+        rules = data.get("rules") or []
+        suffix = f" [{'; '.join(map(str, rules))}]" if rules else ""
+        query = f"?{data.get('query')}" if data.get("query") else ""
+        target = _clip(f"{data.get('method')} {data.get('path')}{query}")
+        return f"{data.get('verdict')}: {target}{suffix}"
+    if event.type == "http.response":
+        error = f": {_clip(str(data.get('error')), 80)}" if data.get("error") else ""
+        return (
+            f"#{data.get('request_seq')} {data.get('status')}{error} "
+            f"({data.get('duration_ms')} ms, {data.get('bytes_to_client')} B out)"
+        )
     if event.type == "session.end":
         return (
             f"{data.get('reason')}; {data.get('statements')} statements,"
@@ -219,6 +231,11 @@ def _replay_lines(event: EventRecord) -> list[str]:
         return lines
     if event.type == "query" and data.get("params"):
         lines.append(f"{'':<14} params: {json.dumps(data['params'], ensure_ascii=False)}")
+    if event.type == "http.body":
+        for part in ("request", "response"):
+            if data.get(part) is not None:
+                shown = json.dumps(data[part], ensure_ascii=False)
+                lines.append(f"{'':<14} {part}: {shown}")
     if event.type == "query.rows":
         columns = [str(c) for c in data.get("columns") or []]
         lines.append(f"{'':<14} {' | '.join(columns)}")

@@ -50,6 +50,11 @@ DEFAULT_MAX_MESSAGE_BYTES: Final = 1 * GiB
 #: Largest frame callgate buffers in memory to decode (query text, errors, rows it masks).
 #: Bigger frames are relayed in bulk without being held; this caps per-session memory.
 DEFAULT_MAX_DECODED_BYTES: Final = 64 * MiB
+#: Largest HTTP body callgate buffers to inspect (a policy condition on the JSON request body, a
+#: masked JSON response, an approval or AWS signature that covers the body). Past it the request
+#: is refused (413) or the response withheld (502): never forwarded uninspected. Bodies nobody
+#: needs to read stream through whatever their size.
+DEFAULT_HTTP_MAX_INSPECTED_BODY: Final = 16 * MiB
 
 _SQLITE_PREFIX: Final = "sqlite:///"
 _POSTGRES_PREFIXES: Final = ("postgresql://", "postgres://")
@@ -157,6 +162,8 @@ class AuditConfig(ConfigModel):
     signing_key: Secret | None = None
     #: rows of each result kept (masked) in the recording
     record_rows: NonNegativeInt = 0
+    #: bytes of each HTTP request and response body kept (masked) in the recording
+    record_body: NonNegativeInt = 0
     export: tuple[ExportSinkConfig, ...] = ()
     #: how often a signed checkpoint covers the chain heads that moved (also at every session end)
     checkpoint_interval: PositiveDuration = DEFAULT_CHECKPOINT_INTERVAL
@@ -170,6 +177,8 @@ class AuditConfig(ConfigModel):
 class LimitsConfig(ConfigModel):
     max_message_bytes: ByteSize = DEFAULT_MAX_MESSAGE_BYTES
     max_decoded_bytes: ByteSize = DEFAULT_MAX_DECODED_BYTES
+    #: largest HTTP body buffered for inspection (policy on the body, masking, approvals)
+    http_max_inspected_body: ByteSize = DEFAULT_HTTP_MAX_INSPECTED_BODY
 
     @model_validator(mode="after")
     def _decoded_within_message(self) -> LimitsConfig:

@@ -517,7 +517,9 @@ class PgSink:
             )
             statements = int(
                 await conn.fetchval(
-                    "SELECT COUNT(*) FROM events WHERE session_id = $1 AND type = 'query'", sid
+                    "SELECT COUNT(*) FROM events WHERE session_id = $1"
+                    " AND type IN ('query', 'http.request')",
+                    sid,
                 )
             )
             seq, digest = (int(last[0]), str(last[1])) if last is not None else (0, ZERO_HASH)

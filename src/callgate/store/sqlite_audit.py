@@ -239,7 +239,9 @@ class SqliteAudit:
                 (sid,),
             ).fetchone()
             (statements,) = conn.execute(
-                "SELECT COUNT(*) FROM events WHERE session_id = ? AND type = 'query'", (sid,)
+                "SELECT COUNT(*) FROM events WHERE session_id = ?"
+                " AND type IN ('query', 'http.request')",
+                (sid,),
             ).fetchone()
             seq, digest = (int(last[0]), str(last[1])) if last is not None else (0, ZERO_HASH)
             chain.set_head(sid, seq, digest)

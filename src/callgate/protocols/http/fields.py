@@ -1,0 +1,35 @@
+"""Which header fields cross callgate, and which stay on one hop (RFC 9110 §7.6.1)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+
+from callgate.protocols.http.head import Fields, tokens
+
+#: Fields that describe one connection, never the message (RFC 9110 §7.6.1, RFC 9112 §6.1, §9.6,
+#: and the Proxy-* family by convention), removed in both directions. ``Proxy-*`` is matched by
+#: prefix in :func:`end_to_end`.
+HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "http2-settings",
+    }
+)
+
+
+def end_to_end(
+    fields: Fields, names: tuple[str, ...], *, drop: Iterable[str] = ()
+) -> list[tuple[str, str]]:
+    """``fields`` without the hop-by-hop ones: :data:`HOP_BY_HOP`, every ``Proxy-*`` field,
+    every field the Connection header names, and the lower-case names in ``drop``."""
+    listed = {t for i, n in enumerate(names) if n == "connection" for t in tokens(fields[i][1])}
+    removed = HOP_BY_HOP | listed | set(drop)
+    return [
+        fields[i] for i, n in enumerate(names) if n not in removed and not n.startswith("proxy-")
+    ]
