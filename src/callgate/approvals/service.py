@@ -71,6 +71,9 @@ SWEEP_INTERVAL: Final = 1.0
 GRANT_POLL_INTERVAL: Final = 1.0
 #: Longest reason kept (approvers' and requesters'); longer ones are refused.
 MAX_REASON_CHARS: Final = 2000
+#: How often a held caller's connection is checked while its review is pending: a caller that
+#: goes away withdraws the review within this time.
+HOLD_POLL: Final = 0.25
 #: Reviews listed at most per call.
 LIST_LIMIT: Final = 500
 
@@ -318,6 +321,27 @@ class ApprovalService:
         if decided is None:
             raise ReviewNotFound(f"no review {review_id!r}")
         return ReviewOutcome.of(decided)
+
+    async def wait_for_caller(
+        self,
+        review_id: str,
+        timeout: float,  # noqa: ASYNC109
+        caller_gone: Callable[[], bool],
+    ) -> ReviewOutcome | None:
+        """:meth:`wait`, for a caller holding a live connection: ``None`` when the caller goes
+        away first (checked every :data:`HOLD_POLL` seconds), which withdraws the review."""
+        waiting = asyncio.ensure_future(self.wait(review_id, timeout))
+        try:
+            while True:
+                done, _ = await asyncio.wait({waiting}, timeout=HOLD_POLL)
+                if done:
+                    return waiting.result()
+                if caller_gone():
+                    return None
+        finally:
+            if not waiting.done():
+                waiting.cancel()  # withdraws the review
+                await asyncio.gather(waiting, return_exceptions=True)
 
     async def withdraw(self, review_id: str, *, reason: str = "withdrawn") -> Review | None:
         """Withdraw a pending review (the caller went away). No error if it was decided."""

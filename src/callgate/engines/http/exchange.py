@@ -58,8 +58,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("callgate.http")
 
-#: How often a request held for review checks that its caller is still there.
-HOLD_POLL: Final = 0.25
 #: Request fields never forwarded: the caller's credential, what callgate sets itself (Host,
 #: framing, the forwarding headers, whose caller-sent values cannot be trusted), and Expect
 #: (callgate answers 100-continue itself and sends the body only once it decided to).
@@ -283,19 +281,11 @@ class Exchange:
                 hint=f"an approver runs: callgate reviews approve {review.id}",
             )
         log.info("session %s: request held for review %s", self.audited.info.id, review.id)
-        waiting = asyncio.ensure_future(approvals.wait(review.id, rule.timeout.total_seconds()))
-        try:
-            while True:
-                done, _ = await asyncio.wait({waiting}, timeout=HOLD_POLL)
-                if done:
-                    break
-                if self.session.stream.gone():
-                    raise ClientGone("the caller went away while its request was held")
-        finally:
-            if not waiting.done():
-                waiting.cancel()  # withdraws the review
-                await asyncio.gather(waiting, return_exceptions=True)
-        outcome = waiting.result()
+        outcome = await approvals.wait_for_caller(
+            review.id, rule.timeout.total_seconds(), self.session.stream.gone
+        )
+        if outcome is None:
+            raise ClientGone("the caller went away while its request was held")
         if not outcome.approved:
             raise outcome.error()
         log.info("session %s: review %s approved", self.audited.info.id, review.id)

@@ -68,8 +68,6 @@ UPSTREAM_READ = 256 * 1024
 #: How often a live session re-checks that its credential still holds (revocation); expiry is
 #: also acted on at the exact moment it comes. The issue's bound is 60 s.
 CREDENTIAL_CHECK_INTERVAL = 10.0
-#: How often a held statement checks that its caller is still there.
-HOLD_POLL = 0.25
 #: Time to flush a final error to a client that may not be reading any more.
 FINAL_WRITE_TIMEOUT = 2.0
 
@@ -626,19 +624,11 @@ class PostgresSession:
         log.info("session %s: statement held for review %s", self.id, review.id)
         # The session's later messages wait behind the held one: this pump reads nothing more
         # until it is settled. A caller that goes away withdraws the review (cancelling wait()).
-        waiting = asyncio.ensure_future(approvals.wait(review.id, rule.timeout.total_seconds()))
-        try:
-            while True:
-                done, _ = await asyncio.wait({waiting}, timeout=HOLD_POLL)
-                if done:
-                    break
-                if self._client_gone():
-                    raise ConnectionError("the caller went away while its statement was held")
-        finally:
-            if not waiting.done():
-                waiting.cancel()
-                await asyncio.gather(waiting, return_exceptions=True)
-        outcome = waiting.result()
+        outcome = await approvals.wait_for_caller(
+            review.id, rule.timeout.total_seconds(), self._client_gone
+        )
+        if outcome is None:
+            raise ConnectionError("the caller went away while its statement was held")
         if outcome.approved:
             log.info("session %s: review %s approved", self.id, review.id)
             return None
