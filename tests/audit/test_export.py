@@ -77,6 +77,7 @@ async def _record(audit: AuditService, sid: str, statements: int) -> None:
         rec.statement_done(seq, tag="SELECT 1", rows=1, error_sqlstate=None, error_message=None,
                            duration_ms=0.1)  # fmt: skip
     await rec.end("client closed", bytes_from_client=1, bytes_to_client=2)
+    await audit.flush()  # the end is queued, not waited for
 
 
 async def _all_ids(store: Store) -> list[int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import math
 from collections.abc import Sequence
+from json.encoder import encode_basestring_ascii as _quote
 
 from callgate.model import Decision, HttpRequest, SessionInfo, SqlCommand
 from callgate.protocols.http.target import mask_query
@@ -74,21 +75,35 @@ def session_start(info: SessionInfo) -> str:
     )
 
 
+def _text(value: str | None) -> str:
+    return "null" if value is None else _quote(value)
+
+
+def _texts(values: Sequence[str]) -> str:
+    return "[" + ",".join([_quote(v) for v in values]) + "]"
+
+
+# ``query`` and ``query.result`` are built for every statement, so their canonical JSON is
+# written out by hand (keys in sorted order) instead of through the encoder: a third of the
+# cost. tests/audit/test_events.py checks both against ``canonical_json`` of the same dict.
+
+
 def query(
     command: SqlCommand, decision: Decision, params: Sequence[bytes | None] | None = None
 ) -> str:
     """``params``: the values to record (the scrubbed ones); the command's own by default."""
-    return canonical_json(
-        {
-            "sql": command.sql,
-            "params": [render_param(v) for v in (command.params if params is None else params)],
-            "param_formats": list(command.param_formats),
-            "statement_name": command.statement_name,
-            "op": command.op,
-            "verdict": decision.verdict.value,
-            "rules": list(decision.rules),
-            "reason": decision.reason,
-        }
+    values = command.params if params is None else params
+    rendered = canonical_json([render_param(v) for v in values]) if values else "[]"
+    formats = command.param_formats
+    return (
+        f'{{"op":{_quote(command.op)},'
+        f'"param_formats":[{",".join([str(int(f)) for f in formats])}],'
+        f'"params":{rendered},'
+        f'"reason":{_text(decision.reason)},'
+        f'"rules":{_texts(decision.rules)},'
+        f'"sql":{_quote(command.sql)},'
+        f'"statement_name":{_text(command.statement_name)},'
+        f'"verdict":{_quote(decision.verdict.value)}}}'
     )
 
 
@@ -101,21 +116,17 @@ def query_result(
     error_message: str | None,
     duration_ms: float,
 ) -> str:
-    error = (
-        None
-        if error_sqlstate is None and error_message is None
-        else {"sqlstate": error_sqlstate, "message": error_message}
-    )
+    if error_sqlstate is None and error_message is None:
+        error = "null"
+    else:
+        error = f'{{"message":{_text(error_message)},"sqlstate":{_text(error_sqlstate)}}}'
     duration = float(duration_ms)
-    return canonical_json(
-        {
-            "statement_seq": seq,
-            "tag": tag,
-            "rows": rows,
-            "error": error,
-            # canonical JSON has no NaN or infinity; a broken timer must not lose the event
-            "duration_ms": round(duration, 3) if math.isfinite(duration) else None,
-        }
+    # canonical JSON has no NaN or infinity; a broken timer must not lose the event
+    took = repr(round(duration, 3)) if math.isfinite(duration) else "null"
+    return (
+        f'{{"duration_ms":{took},"error":{error},'
+        f'"rows":{"null" if rows is None else int(rows)},'
+        f'"statement_seq":{int(seq)},"tag":{_text(tag)}}}'
     )
 
 

@@ -261,6 +261,10 @@ class AuditService:
         )
         self._queue((AppendEvent(None, None, self._clock(), events.BACKLOG_DROPPED, payload),))
 
+    async def flush(self) -> None:
+        """Wait until everything queued so far (a session's end, results) is committed."""
+        await self._store.flush()
+
     async def close(self) -> None:
         """Write every queued event; with ``close_store``, also stop the store's writer."""
         if self._close_store:
@@ -293,16 +297,6 @@ class AuditService:
         """Queue without waiting, whatever the durability; never raises."""
         try:
             self._store.submit(ops)
-        except StoreError as exc:
-            self._warn(exc)
-
-    async def _write_quietly(self, ops: Sequence[WriteOp]) -> None:
-        """Like :meth:`_write` but never raises (the end of a session cannot be refused)."""
-        try:
-            if self._strict:
-                await self._store.commit(ops)
-            else:
-                self._store.submit(ops)
         except StoreError as exc:
             self._warn(exc)
 
@@ -525,7 +519,10 @@ class SessionRecorder:
             bytes_to_client=bytes_to_client,
             statements=self._statements,
         )
-        await self._service._write_quietly(
+        # Queued, never waited for, whatever the durability: the caller is gone or going, nothing
+        # reaches the upstream after this, and a session's end rides along with the next commit
+        # (within the writer's delay) instead of costing one of its own.
+        self._service._queue(
             (
                 AppendEvent(self._id, self._seq, now, events.SESSION_END, payload),
                 EndSession(

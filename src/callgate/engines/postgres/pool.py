@@ -104,7 +104,8 @@ class UpstreamPool:
         self, key: PoolKey, conn: up.UpstreamConnection, max_idle: int, idle_timeout: float
     ) -> None:
         try:
-            ok = await asyncio.wait_for(_reset(conn), RESET_TIMEOUT)
+            async with asyncio.timeout(RESET_TIMEOUT):
+                ok = await _reset(conn)
         except (TimeoutError, OSError, asyncio.IncompleteReadError, CallgateError) as exc:
             log.info("upstream connection not reused: reset failed (%s)", type(exc).__name__)
             ok = False
@@ -197,8 +198,7 @@ async def _reset(conn: up.UpstreamConnection) -> bool:
         elif t in (m.BackendType.PARAMETER_STATUS, m.BackendType.NOTICE_RESPONSE):
             if t == m.BackendType.PARAMETER_STATUS:
                 name, value = m.decode_parameter_status(f.body)
-                conn.parameters = [(k, v) for k, v in conn.parameters if k != name]
-                conn.parameters.append((name, value))
+                conn.set_parameter(name, value)
             continue
         else:
             return False

@@ -147,7 +147,10 @@ class PostgresSession:
         self.cancel_key: tuple[int, int] | None = None
         self.tracker: StatementTracker | None = None
         self._observer: BackendObserver | None = None
-        self._stop = asyncio.Event()
+        #: done when callgate ends the session (:meth:`terminate`); a future, not a task
+        self._stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._credential_timer: asyncio.TimerHandle | None = None
+        self._credential_check: asyncio.Task[None] | None = None
         self._stop_reason = ""
         limits = services.config.gateway.limits
         self.max_frame = limits.max_message_bytes
@@ -180,7 +183,8 @@ class PostgresSession:
         reason = "client disconnected"
         try:
             try:
-                ready = await asyncio.wait_for(self._start(), STARTUP_TIMEOUT)
+                async with asyncio.timeout(STARTUP_TIMEOUT):
+                    ready = await self._start()
             except TimeoutError as exc:
                 raise ProtocolViolation("startup did not complete in time") from exc
             if ready:
@@ -202,9 +206,9 @@ class PostgresSession:
 
     def terminate(self, reason: str) -> None:
         """Ask the session to end (shutdown, credential expiry). Safe to call more than once."""
-        if not self._stop.is_set():
+        if not self._stop.done():
             self._stop_reason = reason
-            self._stop.set()
+            self._stop.set_result(None)
 
     async def _finish(self, reason: str) -> None:
         self.listener.forget(self)
@@ -227,7 +231,21 @@ class PostgresSession:
                 )
             except CallgateError as exc:
                 log.error("could not record the end of session %s: %s", self.id, exc.message)
-        log.info("session %s ended: %s", self.id, reason)
+        # DEBUG: the audit store records every session; a log line each costs ~5 % of a
+        # short session's CPU (docs/performance.md).
+        p = self.principal
+        if p is None:
+            log.debug("session %s from %s ended: %s", self.id, self.client_addr, reason)
+        else:
+            log.debug(
+                "session %s: %s (%s) → %s from %s ended: %s",
+                self.id,
+                p.subject,
+                p.method,
+                self.connection or "-",
+                self.client_addr,
+                reason,
+            )
 
     def _give_back_upstream(self) -> bool:
         """Hand an idle, clean upstream connection to the pool; False: close it instead."""
@@ -240,7 +258,7 @@ class PostgresSession:
             or pool_cfg is None
             or pool_cfg.max_idle <= 0
             or not self._terminated
-            or self._stop.is_set()
+            or self._stop.done()
             or self._absorbing
             or self.tracker is None
             or self.tracker.in_flight
@@ -400,13 +418,12 @@ class PostgresSession:
         self._rewriter = ResponseRewriter(self._observer)
         self.cancel_key = self.listener.register(self)
         out = bytearray(m.AUTH_OK)
-        for name, value in self.upstream.parameters:
-            out += m.encode_parameter_status(name, value)
+        out += self.upstream.status_messages()
         out += m.encode_backend_key_data(*self.cancel_key)
         out += m.encode_ready_for_query(self.upstream.transaction_status)
         self._write(bytes(out))
         await self.client_w.drain()
-        log.info(
+        log.debug(
             "session %s: %s (%s) → %s from %s",
             self.id,
             principal.subject,
@@ -446,20 +463,44 @@ class PostgresSession:
         der: bytes | None = ssl_object.getpeercert(binary_form=True)
         return der or None
 
-    async def _watch_credential(self) -> None:
-        """End the session when its credential expires or is revoked (recorded as the end)."""
+    def _arm_credential_check(self) -> None:
+        """End the session when its credential expires or is revoked (recorded as the end):
+        a timer, so a short session pays for no task; the check runs as one when it fires."""
         assert self.principal is not None
-        principal = self.principal
-        identity = self.services.identity
-        while True:
-            wait = CREDENTIAL_CHECK_INTERVAL
-            if principal.expires_at is not None:
-                wait = max(0.0, min(wait, principal.expires_at - time.time()))
-            await asyncio.sleep(wait)
-            reason = await identity.still_valid(principal)
-            if reason is not None:
-                self.terminate(f"session ended: {reason}")
-                return
+        wait = CREDENTIAL_CHECK_INTERVAL
+        expires_at = self.principal.expires_at
+        if expires_at is not None:
+            wait = max(0.0, min(wait, expires_at - time.time()))
+        self._credential_timer = asyncio.get_running_loop().call_later(wait, self._credential_due)
+
+    def _credential_due(self) -> None:
+        self._credential_timer = None
+        if not self._stop.done():
+            self._credential_check = asyncio.create_task(
+                self._check_credential(), name=f"pg-cred-{self.id}"
+            )
+
+    async def _check_credential(self) -> None:
+        assert self.principal is not None
+        try:
+            reason = await self.services.identity.still_valid(self.principal)
+        except Exception:  # cannot tell whether the credential still holds: fail closed
+            log.exception("session %s: credential check failed", self.id)
+            reason = "the credential could not be checked"
+        if reason is not None:
+            self.terminate(f"session ended: {reason}")
+        elif not self._stop.done():
+            self._arm_credential_check()
+
+    async def _stop_credential_checks(self) -> None:
+        if self._credential_timer is not None:
+            self._credential_timer.cancel()
+            self._credential_timer = None
+        check = self._credential_check
+        if check is not None and not check.done():
+            check.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await check
 
     async def _watch_grant(self, grant: Grant) -> None:
         approvals = self.services.approvals
@@ -479,12 +520,14 @@ class PostgresSession:
             asyncio.create_task(self._client_pump(), name=f"pg-c2u-{self.id}"),
             relay.done,
         }
-        stop = asyncio.create_task(self._stop.wait())
-        watchers = [asyncio.create_task(self._watch_credential(), name=f"pg-cred-{self.id}")]
-        watchers += [asyncio.create_task(self._watch_grant(g)) for g in self.grants]
+        stop = self._stop
+        self._arm_credential_check()
+        watchers = [asyncio.create_task(self._watch_grant(g)) for g in self.grants]
         done, pending = await asyncio.wait(tasks | {stop}, return_when=asyncio.FIRST_COMPLETED)
+        await self._stop_credential_checks()
         for w in watchers:
             w.cancel()
+        pending.discard(stop)  # a future nobody else waits on: nothing to cancel
         for t in pending:
             t.cancel()
         await asyncio.gather(*pending, *watchers, return_exceptions=True)

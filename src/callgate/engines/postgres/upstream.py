@@ -73,6 +73,23 @@ class UpstreamConnection:
     secret_key: int
     transaction_status: str
     tls: bool
+    #: ``parameters`` as ParameterStatus messages, made once for every caller the connection
+    #: serves; ``None`` after ``parameters`` changed (see :meth:`status_messages`).
+    _status_block: bytes | None = None
+
+    def status_messages(self) -> bytes:
+        """The ParameterStatus messages a caller's startup replays, built once per change."""
+        block = self._status_block
+        if block is None:
+            block = b"".join(m.encode_parameter_status(k, v) for k, v in self.parameters)
+            self._status_block = block
+        return block
+
+    def set_parameter(self, name: str, value: str) -> None:
+        """Record a ParameterStatus the server sent (it replaces an earlier value)."""
+        self.parameters = [(k, v) for k, v in self.parameters if k != name]
+        self.parameters.append((name, value))
+        self._status_block = None
 
 
 def filter_startup_parameters(params: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
