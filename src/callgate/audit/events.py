@@ -205,18 +205,18 @@ def _duration(duration_ms: float) -> float | None:
 
 def http_request(request: HttpRequest, decision: Decision) -> str:
     """An HTTP request as recorded: the query with secret-looking parameters masked (their
-    names are kept), never a header value (the caller's credential was one)."""
-    return canonical_json(
-        {
-            "method": request.method,
-            "path": request.path,
-            "query": mask_query(request.query),
-            "content_type": request.content_type,
-            "body_length": request.body_length,
-            "verdict": decision.verdict.value,
-            "rules": list(decision.rules),
-            "reason": decision.reason,
-        }
+    names are kept), never a header value (the caller's credential was one). Canonical JSON
+    written by hand, like :func:`query`."""
+    length = request.body_length
+    return (
+        f'{{"body_length":{"null" if length is None else int(length)},'
+        f'"content_type":{_text(request.content_type)},'
+        f'"method":{_quote(request.method)},'
+        f'"path":{_quote(request.path)},'
+        f'"query":{_quote(mask_query(request.query))},'
+        f'"reason":{_text(decision.reason)},'
+        f'"rules":{_texts(decision.rules)},'
+        f'"verdict":{_quote(decision.verdict.value)}}}'
     )
 
 
@@ -229,15 +229,14 @@ def http_response(
     duration_ms: float,
     error: str | None,
 ) -> str:
-    return canonical_json(
-        {
-            "request_seq": seq,
-            "status": status,
-            "bytes_from_client": bytes_from_client,
-            "bytes_to_client": bytes_to_client,
-            "duration_ms": _duration(duration_ms),
-            "error": error,
-        }
+    took = _duration(duration_ms)
+    return (
+        f'{{"bytes_from_client":{int(bytes_from_client)},'
+        f'"bytes_to_client":{int(bytes_to_client)},'
+        f'"duration_ms":{"null" if took is None else repr(took)},'
+        f'"error":{_text(error)},'
+        f'"request_seq":{int(seq)},'
+        f'"status":{int(status)}}}'
     )
 
 
