@@ -15,6 +15,7 @@ import socket
 import ssl
 from typing import TYPE_CHECKING, Final
 
+from callgate.engines.http.body import ClientStream
 from callgate.engines.http.inject import Injector, build_injector
 from callgate.engines.http.replies import error_response
 from callgate.engines.http.scrub import SecretSet
@@ -38,7 +39,7 @@ LISTEN_BACKLOG: Final = 1024
 #: upstream-answer timeouts: one timer for the whole listener instead of one per read, so
 #: timeouts hold to within this much.
 WATCHDOG_TICK: Final = 0.25
-#: StreamReader buffer per caller: reading pauses (TCP back-pressure) once this much is unread.
+#: Bytes held per caller: reading pauses (TCP back-pressure) once this much is unread.
 CLIENT_BUFFER: Final = 256 * 1024
 _TLS_HANDSHAKE: Final = 0x16
 #: Distinct secret sets prepared for scrubbing (one per injector, more while secrets rotate).
@@ -220,10 +221,9 @@ class HttpListener:
                 sock.close()
                 return
             tls = first[0] == _TLS_HANDSHAKE and self.ssl_context is not None
-            reader = asyncio.StreamReader(limit=CLIENT_BUFFER, loop=loop)
-            protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-            transport, _ = await loop.connect_accepted_socket(
-                lambda: protocol,
+            stream = ClientStream(CLIENT_BUFFER, tls=tls)
+            await loop.connect_accepted_socket(
+                lambda: stream,
                 sock,
                 ssl=self.ssl_context if tls else None,
                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT if tls else None,
@@ -232,19 +232,19 @@ class HttpListener:
             log.info("http connection dropped before its first request: %s", exc)
             sock.close()
             return
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         if not tls and not self.config.allow_plaintext:
             _, data = error_response(
                 PlaintextRefused("callgate requires TLS on this listener (use https://)"),
                 close=True,
             )
             with contextlib.suppress(Exception):
-                writer.write(data)
-                async with asyncio.timeout(2.0):
-                    await writer.drain()
-            writer.close()
+                stream.write(data)
+                if stream.must_drain:
+                    async with asyncio.timeout(2.0):
+                        await stream.drain()
+            stream.close()
             return
-        session = HttpSession(self, reader, writer, tls=tls)
+        session = HttpSession(self, stream, tls=tls)
         session.task = asyncio.current_task()
         self.sessions.add(session)
         await session.run()

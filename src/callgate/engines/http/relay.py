@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from typing import Final
 
 from callgate.engines.http.body import ClientGone, ClientStream
@@ -102,7 +101,7 @@ class ResponseRelay:
     # --- writing to the caller ----------------------------------------------------------------
 
     async def _write(self, data: bytes | list[bytes]) -> None:
-        w = self.client.writer
+        w = self.client
         try:
             if isinstance(data, bytes):
                 w.write(data)
@@ -112,14 +111,14 @@ class ResponseRelay:
                 if len(data) == 1 or size <= JOIN_BELOW:
                     w.write(data[0] if len(data) == 1 else b"".join(data))
                 else:
-                    w.writelines(data)  # a big chunk is not copied just to add its size line
+                    w.transport.writelines(data)  # a big chunk is not copied to add its size line
                 self.sent += size
-            if w.transport.get_write_buffer_size():
+            if w.must_drain:
                 async with asyncio.timeout(CLIENT_WRITE_TIMEOUT):
                     await w.drain()
         except TimeoutError:
             raise ClientGone(f"the caller read nothing for {CLIENT_WRITE_TIMEOUT:g}s") from None
-        except (ConnectionError, RuntimeError, ssl.SSLError) as exc:
+        except (OSError, RuntimeError) as exc:
             raise ClientGone(f"the caller's connection failed ({type(exc).__name__})") from None
 
     def _head(self, fields: list[tuple[str, str]]) -> bytes:
@@ -142,7 +141,7 @@ class ResponseRelay:
         """Cut the caller's connection (the response could not be completed)."""
         self.aborted = True
         with contextlib.suppress(Exception):
-            self.client.writer.transport.abort()
+            self.client.abort()
 
     # --- reading from the upstream ------------------------------------------------------------
 

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Final
 
 from callgate.approvals import Grant
 from callgate.engines.http.body import (
-    CLIENT_READ,
     CLIENT_READ_TIMEOUT,
     ClientBody,
     ClientGone,
@@ -98,17 +97,10 @@ class Audited:
 
 
 class HttpSession:
-    def __init__(
-        self,
-        listener: HttpListener,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        *,
-        tls: bool,
-    ) -> None:
+    def __init__(self, listener: HttpListener, stream: ClientStream, *, tls: bool) -> None:
         self.listener = listener
-        self.stream = ClientStream(reader, writer)
-        peer = writer.get_extra_info("peername")
+        self.stream = stream
+        peer = stream.get_extra_info("peername")
         self.client_addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.client_host = peer[0] if isinstance(peer, tuple) else str(peer)
         self.tls = tls
@@ -162,11 +154,10 @@ class HttpSession:
 
     async def _finish(self, reason: str) -> None:
         self.listener.forget(self)
-        w = self.stream.writer
         if self._linger:
             await self._lingering_close()
         with contextlib.suppress(Exception):
-            w.close()
+            self.stream.close()
         for audited in self._audits.values():
             try:
                 await audited.recorder.end(
@@ -187,11 +178,11 @@ class HttpSession:
         reader = HeadReader(request=True)
         loop = asyncio.get_running_loop()
         while True:
-            started = reader.started or bool(self.stream.pending)
+            started = reader.started or self.stream.buffered
             limit = CLIENT_READ_TIMEOUT if started else CLIENT_IDLE_TIMEOUT
             self._client_deadline = loop.time() + limit
             try:
-                data = await self.stream.read(None)
+                data = await self.stream.read_within(None)
             except ClientGone:
                 if not started:
                     return None
@@ -229,7 +220,7 @@ class HttpSession:
             self._client_deadline = None
             self.timed_out = "the caller sent nothing in time"
             with contextlib.suppress(Exception):
-                self.stream.writer.transport.abort()
+                self.stream.abort()
         upstream = self._upstream_deadline
         if upstream is not None and now > upstream[0]:
             self._upstream_deadline = None
@@ -244,14 +235,15 @@ class HttpSession:
         head_only: bool = False,
     ) -> tuple[int, int]:
         """Answer with ``exc`` as JSON; returns the status and bytes written."""
-        w = self.stream.writer
+        w = self.stream
         status, data = error_response(exc, close=close, review_id=review_id, head_only=head_only)
         if w.is_closing():
             return status, 0
         try:
             w.write(data)
-            async with asyncio.timeout(5.0):
-                await w.drain()
+            if w.must_drain:
+                async with asyncio.timeout(5.0):
+                    await w.drain()
         except (OSError, RuntimeError, TimeoutError):
             return status, 0
         if close:
@@ -263,14 +255,14 @@ class HttpSession:
         (a body we refused to read): closing a socket with unread data makes the kernel reset
         the connection, and the caller may lose our answer. So: stop writing, read and drop
         what comes for a moment, then close (nginx's lingering close)."""
-        w = self.stream.writer
+        w = self.stream
         try:
             if w.can_write_eof() and not w.is_closing():
                 w.write_eof()
             dropped = 0
             async with asyncio.timeout(LINGER_SECONDS):
                 while dropped < LINGER_BYTES:
-                    data = await self.stream.reader.read(CLIENT_READ)
+                    data = await w.read()
                     if not data:
                         break
                     dropped += len(data)
@@ -386,7 +378,7 @@ class HttpSession:
         client_ca = self.listener.config.client_ca or (gw_tls.client_ca if gw_tls else None)
         if not self.tls or client_ca is None:
             return None
-        ssl_object = self.stream.writer.get_extra_info("ssl_object")
+        ssl_object = self.stream.get_extra_info("ssl_object")
         if ssl_object is None:
             return None
         der: bytes | None = ssl_object.getpeercert(binary_form=True)
