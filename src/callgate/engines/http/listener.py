@@ -61,6 +61,7 @@ class HttpListener:
         self._retired: list[UpstreamPool | Injector] = []
         self._tasks_retiring: set[asyncio.Future[None]] = set()
         self._hosts = self._host_map(services)
+        self._connections = self._connection_map(services)
         self._secret_key: bytes | None = None
         self._secret_sets: dict[tuple[str, ...], SecretSet] = {}
         self._sock: socket.socket | None = None
@@ -78,10 +79,19 @@ class HttpListener:
                     hosts[host.lower()] = conn.name
         return hosts
 
+    @staticmethod
+    def _connection_map(services: Services) -> dict[str, ConnectionConfig]:
+        return {c.name: c for c in services.config.connections if c.protocol == "http"}
+
+    def http_connection(self, name: str) -> ConnectionConfig | None:
+        """The HTTP connection called ``name``, if there is one."""
+        return self._connections.get(name)
+
     def reload(self, services: Services) -> None:
         """New requests use the new config; resources of unchanged connections are kept."""
         self.services = services
         self._hosts = self._host_map(services)
+        self._connections = self._connection_map(services)
         self._secret_key = None
         for cache in (self._pools, self._injectors):
             for name, (old, _) in list(cache.items()):
@@ -109,6 +119,11 @@ class HttpListener:
     @property
     def max_inspected(self) -> int:
         return self.services.config.gateway.limits.http_max_inspected_body
+
+    @property
+    def record_body(self) -> int:
+        """Bytes of each body kept for audit (``gateway.audit.record_body``)."""
+        return self.services.config.gateway.audit.record_body
 
     def secret_key(self) -> bytes:
         """The gateway's HMAC key (``hash`` mask tokens), read once per config."""

@@ -43,6 +43,9 @@ from callgate.protocols.http import (
 CLIENT_WRITE_TIMEOUT: Final = 60.0
 
 
+#: Response fields never copied from the upstream's head: callgate writes its own framing.
+_NOT_RELAYED: Final = frozenset({"content-length"})
+
 #: Buffers up to this size are joined into one before writing: one small copy is cheaper than
 #: handing the transport several buffers (and keeps one send per response).
 JOIN_BELOW: Final = 64 * 1024
@@ -175,10 +178,12 @@ class ResponseRelay:
         resp = self.response
         method = self.request_head.method
         framing = response_framing(resp, method)
-        fields = end_to_end(resp.fields, resp.names, drop=("content-length",))
-        fields = self.plan.mask_headers(fields)
-        if self.scrubber.active:
-            fields = [(n, self.scrubber.text(v)) for n, v in fields]
+        fields = end_to_end(resp.fields, resp.names, drop=_NOT_RELAYED)
+        if not self.plan.is_empty:
+            fields = self.plan.mask_headers(fields)
+        scrubber = self.scrubber
+        if scrubber.active:
+            fields = [(n, scrubber.text(v)) for n, v in fields]
         self._reader = body_reader(framing, request=False)
         if self._reader is None:
             if method == "HEAD":
@@ -259,6 +264,20 @@ class ResponseRelay:
             self.close_delimited = True  # an HTTP/1.0 caller reads to the end of the connection
         scrubber = self.scrubber
         head = self._head(fields)
+        pending = self._pending
+        if not first and isinstance(framing, Length) and len(pending) >= framing.length:
+            # The whole body came with the head (most small responses): one write, no
+            # streaming steps. Nothing is held back for a secret straddling reads: the body is
+            # searched whole.
+            reader = self._reader
+            assert reader is not None
+            self._pending = b""
+            body = scrubber.whole(reader.feed(pending))
+            if reader.leftover:
+                self._extra = True  # bytes after the response: the connection is out of step
+            self._delivered(body)
+            await self._write(head + body)
+            return
         pending_head: bytes | None = head
         small = isinstance(framing, Length) and framing.length <= JOIN_BELOW
         if not first and not self._pending and not small:

@@ -250,9 +250,19 @@ async def read_response_head(
     reader = HeadReader(request=False)
     received = False
     pending = b""
+    stream = conn.stream
     while True:
-        data = pending or await read_upstream(conn, timeout, "response")
-        pending = b""
+        if pending:
+            data, pending = pending, b""
+        elif timeout is None:
+            try:
+                data = await stream.read()  # read_upstream without a timer, one frame less
+            except OSError as exc:
+                raise UpstreamUnavailable(
+                    f"the upstream connection failed ({type(exc).__name__})"
+                ) from None
+        else:
+            data = await read_upstream(conn, timeout, "response")
         if not data:
             raise UpstreamClosed(
                 "the upstream closed the connection without a complete response",
