@@ -12,7 +12,9 @@ allow-all policy and ``audit.durability: strict``:
 - ``callgate-key``: the caller sends a callgate API key.
 
 The load comes from ``bench/httpload.py`` (asyncio protocols on uvloop, N keep-alive
-connections, one request in flight on each). Results go to bench/results/http_latest.json.
+connections, one request in flight on each). Each leg also reports the CPU time the API and
+callgate processes used per request while measuring (``/proc/<pid>/stat``): on a shared machine
+that figure is steadier than requests/s. Results go to bench/results/http_latest.json.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.httpload import LoadResult, build_request, run_load
+from bench.httpload import LoadResult, build_request, process_cpu, run_load
 from tests.engines.http.conftest import start_upstream, stop_upstream
 from tests.support.gateway import Gateway, GatewayError, build_config
 
@@ -85,11 +87,21 @@ def row(name: str, r: LoadResult) -> dict[str, Any]:
         "p50_ms": round(r.percentile(50), 3),
         "p99_ms": round(r.percentile(99), 3),
         "statuses": {str(k): v for k, v in sorted(r.statuses.items())},
+        "cpu_us_per_request": {
+            name: round(us, 1)
+            for name in sorted(r.cpu_seconds)
+            if (us := r.cpu_us_per_request(name)) is not None
+        },
     }
 
 
 def leg(
-    name: str, port: int, path: str, headers: dict[str, str], args: argparse.Namespace
+    name: str,
+    port: int,
+    path: str,
+    headers: dict[str, str],
+    args: argparse.Namespace,
+    pids: dict[str, int],
 ) -> dict[str, Any]:
     request = build_request(path, f"127.0.0.1:{port}", headers)
     result = asyncio.run(
@@ -100,12 +112,14 @@ def leg(
             connections=args.connections,
             duration=args.duration,
             warmup=args.warmup,
+            cpu={process: process_cpu(pid) for process, pid in pids.items()},
         )
     )
     out = row(name, result)
+    cpu = "   ".join(f"{p} {us:.0f} µs" for p, us in out["cpu_us_per_request"].items())
     print(
         f"  {name:<14} {out['rps']:>10.1f} req/s   p50 {out['p50_ms']:>7.2f} ms   "
-        f"p99 {out['p99_ms']:>7.2f} ms   errors {out['errors']}",
+        f"p99 {out['p99_ms']:>7.2f} ms   errors {out['errors']}   CPU/request: {cpu}",
         flush=True,
     )
     return out
@@ -148,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
         if "direct" in targets:
-            results.append(leg("direct", upstream.port, args.path, {}, args))
+            pids = {"api": upstream.proc.pid}
+            results.append(leg("direct", upstream.port, args.path, {}, args, pids))
         callgate_legs = [t for t in targets if t.startswith("callgate")]
         if callgate_legs:
             from tests.identity_oidc.issuer import LocalIssuer
@@ -161,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 try:
                     gw.start()
                     port = gw.ports["http"]
+                    assert gw.proc is not None
+                    pids = {"api": upstream.proc.pid, "callgate": gw.proc.pid}
                     for target in callgate_legs:
                         if target == "callgate-jwt":
                             expires = int(dt.datetime.now().timestamp()) + 3600
@@ -174,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 f"/api{args.path}",
                                 {"Authorization": f"Bearer {token}"},
                                 args,
+                                pids,
                             )
                         )
                 except GatewayError as exc:

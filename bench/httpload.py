@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -25,6 +26,15 @@ class LoadResult:
     seconds: float
     latencies: list[float] = field(repr=False)
     statuses: dict[int, int]
+    #: CPU seconds each watched process used while measuring (see ``run_load(cpu=...)``)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+
+    def cpu_us_per_request(self, name: str) -> float | None:
+        """Microseconds of CPU process ``name`` spent per request answered while measuring."""
+        used = self.cpu_seconds.get(name)
+        if used is None or not self.requests:
+            return None
+        return used / self.requests * 1e6
 
     @property
     def rps(self) -> float:
@@ -118,9 +128,11 @@ async def run_load(
     connections: int = 16,
     duration: float = 10.0,
     warmup: float = 1.0,
+    cpu: Mapping[str, Callable[[], float]] | None = None,
 ) -> LoadResult:
     """Drive ``request`` (whole bytes, keep-alive) at ``host:port`` for ``duration`` seconds
-    after ``warmup``, on ``connections`` connections."""
+    after ``warmup``, on ``connections`` connections. ``cpu``: name → a function returning a
+    process's CPU seconds so far, read at the start and the end of the measured window."""
     loop = asyncio.get_running_loop()
     run = _Run()
     conns: list[_Conn] = []
@@ -128,17 +140,37 @@ async def run_load(
         _, proto = await loop.create_connection(lambda: _Conn(request, run), host, port)
         conns.append(proto)
     await asyncio.sleep(warmup)
+    probes = dict(cpu or {})
     run.measuring = True
     start = time.perf_counter()
+    cpu_start = {name: probe() for name, probe in probes.items()}
     await asyncio.sleep(duration)
     run.measuring = False
     seconds = time.perf_counter() - start
+    cpu_used = {name: probe() - cpu_start[name] for name, probe in probes.items()}
     run.stopping = True
     await asyncio.wait([c.closed for c in conns], timeout=5.0)
     for c in conns:
         if c.transport is not None:
             c.transport.close()
-    return LoadResult(run.requests, run.errors, seconds, run.latencies, run.statuses)
+    return LoadResult(run.requests, run.errors, seconds, run.latencies, run.statuses, cpu_used)
+
+
+def process_cpu(pid: int) -> Callable[[], float]:
+    """A probe for ``run_load(cpu=...)``: CPU seconds (user + system, every thread) process
+    ``pid`` has used, from ``/proc/<pid>/stat`` (Linux)."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def probe() -> float:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        # Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+        rest = stat[stat.rindex(b")") + 2 :].split()
+        return (int(rest[11]) + int(rest[12])) / tick
+
+    return probe
 
 
 def build_request(path: str, host: str, headers: dict[str, str] | None = None) -> bytes:

@@ -12,6 +12,7 @@ import pytest
 
 from callgate.config.connections import ConnectionConfig
 from callgate.engines.http.inject import (
+    SECRET_REFRESH_SECONDS,
     BasicInjector,
     HeaderInjector,
     Injector,
@@ -155,12 +156,92 @@ def test_header_templates_replace_the_callers_headers(monkeypatch: pytest.Monkey
     assert injector.secret_values() == (TOKEN, "acme")
 
 
-def test_header_secret_from_a_file_is_read_on_each_request(tmp_path: Path) -> None:
-    (tmp_path / "api-key").write_text("first\n")
-    injector = built({"headers": {"X-Api-Key": "file:api-key"}}, tmp_path)
-    assert ("X-Api-Key", "first") in apply(injector, request()).headers
-    (tmp_path / "api-key").write_text("rotated\n")
-    assert ("X-Api-Key", "rotated") in apply(injector, request()).headers
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def clocked(inject: dict[str, Any], clock: FakeClock, tmp_path: Path | None = None) -> Injector:
+    injector = build_injector(connection(inject, tmp_path), clock=clock)
+    assert injector is not None
+    return injector
+
+
+def test_a_rotated_file_secret_is_used_once_the_refresh_interval_passed(tmp_path: Path) -> None:
+    key = tmp_path / "api-key"
+    key.write_text("first-key-value\n")
+    clock = FakeClock()
+    injector = clocked({"headers": {"X-Api-Key": "file:api-key"}}, clock, tmp_path)
+    assert ("X-Api-Key", "first-key-value") in apply(injector, request()).headers
+    key.write_text("rotated-key-value\n")
+    # Within the interval the secret is not read again: still the first value.
+    clock.now += SECRET_REFRESH_SECONDS * 0.9
+    assert ("X-Api-Key", "first-key-value") in apply(injector, request()).headers
+    clock.now += SECRET_REFRESH_SECONDS * 0.1
+    assert ("X-Api-Key", "rotated-key-value") in apply(injector, request()).headers
+    # The value it replaced is still kept from callers (a response to an earlier request).
+    assert injector.secret_values() == ("rotated-key-value", "first-key-value")
+    key.write_text("third-key-value\n")
+    clock.now += SECRET_REFRESH_SECONDS
+    assert ("X-Api-Key", "third-key-value") in apply(injector, request()).headers
+    assert injector.secret_values() == ("third-key-value", "rotated-key-value")
+
+
+def test_a_secret_is_read_again_when_the_clock_goes_back(tmp_path: Path) -> None:
+    key = tmp_path / "api-key"
+    key.write_text("first-key-value\n")
+    clock = FakeClock()
+    injector = clocked({"headers": {"X-Api-Key": "file:api-key"}}, clock, tmp_path)
+    apply(injector, request())
+    key.write_text("rotated-key-value\n")
+    clock.now -= 0.001
+    assert ("X-Api-Key", "rotated-key-value") in apply(injector, request()).headers
+
+
+def test_a_secret_that_cannot_be_read_is_not_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CG_TEST_LATE", raising=False)
+    clock = FakeClock()
+    injector = clocked({"headers": {"X-Api-Key": "env:CG_TEST_LATE"}}, clock)
+    with pytest.raises(UpstreamAuthFailed):
+        apply(injector, request())
+    monkeypatch.setenv("CG_TEST_LATE", TOKEN)
+    # Same instant: the failure was not remembered, the next request reads the secret.
+    assert ("X-Api-Key", TOKEN) in apply(injector, request()).headers
+
+
+def test_a_secret_that_disappears_fails_requests_after_the_interval(tmp_path: Path) -> None:
+    key = tmp_path / "api-key"
+    key.write_text("first-key-value\n")
+    clock = FakeClock()
+    injector = clocked({"headers": {"X-Api-Key": "file:api-key"}}, clock, tmp_path)
+    apply(injector, request())
+    key.unlink()
+    clock.now += SECRET_REFRESH_SECONDS
+    with pytest.raises(UpstreamAuthFailed) as caught:
+        apply(injector, request())
+    assert caught.value.message.endswith(f"file:{key}: file does not exist)")
+    assert "first-key-value" not in caught.value.message
+
+
+def test_basic_and_query_secrets_rotate_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CG_TEST_PASSWORD", "first-password")
+    monkeypatch.setenv("CG_TEST_TOKEN", "first-token-value")
+    clock = FakeClock()
+    basic = clocked({"basic": {"user": "callgate", "password": "env:CG_TEST_PASSWORD"}}, clock)
+    query = clocked({"query": {"api_key": "env:CG_TEST_TOKEN"}}, clock)
+    apply(basic, request())
+    apply(query, request())
+    monkeypatch.setenv("CG_TEST_PASSWORD", "second-password")
+    monkeypatch.setenv("CG_TEST_TOKEN", "second-token-value")
+    clock.now += SECRET_REFRESH_SECONDS
+    encoded = base64.b64encode(b"callgate:second-password").decode()
+    assert ("Authorization", f"Basic {encoded}") in apply(basic, request()).headers
+    assert apply(query, request()).url.endswith("&api_key=second-token-value")
+    assert "second-password" in basic.secret_values()
+    assert "first-password" in basic.secret_values()
 
 
 @pytest.mark.parametrize("bad", ["line\r\nX-Injected: 1", "esc\x1b[0m", "lf\nonly"])

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from callgate.engines.http.inject import SECRET_REFRESH_SECONDS
 from tests.engines.http.conftest import MakeThrough, Upstream, api_connection
 from tests.engines.http.test_inject_oauth2 import TokenEndpoint
 
@@ -59,6 +63,39 @@ def test_query(make_through: MakeThrough, upstream_api: Upstream) -> None:
     [session] = [s for s in th.sessions() if s["protocol"] == "http"]
     events = json.dumps(th.events(session["id"]))
     assert "query-key-5be1d0c2a9f4" not in events
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Write ``path`` the way a secret should be rotated: a new file renamed over the old one."""
+    new = path.with_suffix(".new")
+    new.write_text(text)
+    os.replace(new, path)
+
+
+def test_a_rotated_file_secret_is_sent_within_the_refresh_interval(
+    make_through: MakeThrough, upstream_api: Upstream, tmp_path: Path
+) -> None:
+    first, rotated = "file-secret-first-8c1d5e0a", "file-secret-rotated-3f7b9e21"
+    key = tmp_path / "api-key"
+    replace_file(key, first + "\n")
+    conn = api_connection(upstream_api, inject={"headers": {"X-Api-Key": f"file:{key}"}})
+    th = make_through({"connections": [conn]})
+    with th.client() as c:
+        body = json.dumps(echoed(c.get("/api/echo/rotation")))
+        assert seen_headers(th.upstream.log()[-1])["x-api-key"] == first
+        replace_file(key, rotated + "\n")
+        changed = time.monotonic()
+        while True:
+            body = json.dumps(echoed(c.get("/api/echo/rotation")))
+            assert first not in body and rotated not in body  # the echo is scrubbed either way
+            seen = seen_headers(th.upstream.log()[-1])["x-api-key"]
+            if seen == rotated:
+                break
+            assert seen == first
+            # The gateway reads the file again SECRET_REFRESH_SECONDS after it last did (the
+            # fake-clock tests in test_inject.py hold it to that); the margin is for a slow CI.
+            assert time.monotonic() - changed < SECRET_REFRESH_SECONDS + 10, "still the old key"
+            time.sleep(0.05)
 
 
 @pytest.fixture

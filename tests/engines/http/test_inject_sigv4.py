@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from callgate.config.connections import AwsSigV4Config, ConnectionConfig
-from callgate.engines.http.inject import Outgoing, build_injector
+from callgate.engines.http.inject import SECRET_REFRESH_SECONDS, Outgoing, build_injector
 from callgate.engines.http.sigv4 import AwsSigV4Injector, canonical_url
 from callgate.errors import InternalError, UpstreamAuthFailed
 from tests.identity_oidc.provider import require_servers
@@ -486,8 +486,10 @@ def test_built_from_config_with_secret_references(
     )
     caplog.set_level(logging.DEBUG)  # botocore, httpx and httpcore at their most talkative
 
+    now = [1000.0]
+
     async def main() -> None:
-        injector = build_injector(conn)
+        injector = build_injector(conn, clock=lambda: now[0])
         assert isinstance(injector, AwsSigV4Injector)
         assert injector.secret_values() == (key.secret_access_key,)
         async with httpx.AsyncClient() as client:
@@ -496,6 +498,8 @@ def test_built_from_config_with_secret_references(
         await injector.aclose()
 
         monkeypatch.delenv("CG_TEST_AWS_SECRET")
+        await injector.apply(sts_call(moto, "GetCallerIdentity"))  # resolved keys are reused
+        now[0] += SECRET_REFRESH_SECONDS  # until they are read again
         with pytest.raises(UpstreamAuthFailed) as caught:
             await injector.apply(sts_call(moto, "GetCallerIdentity"))
         assert "env:CG_TEST_AWS_SECRET" in caught.value.message

@@ -248,3 +248,52 @@ def test_garbage_raises_only_callgate_errors(data: bytes, cuts: list[int]) -> No
                     break
         except CallgateError as exc:
             assert exc.http_status in ((400, 414, 431, 505) if request else (502,))
+
+
+# Pieces of header lines, valid and not: a block made of them is accepted by the one-pass field
+# parser exactly when every CRLF-terminated line is a valid field line on its own.
+_LINE_PIECES = st.sampled_from(
+    [
+        "X-A: 1",
+        "x-b:",
+        "Name:  spaced value \t",
+        "Obs: \xe9t\xe9",
+        " folded",
+        "\tfolded",
+        "No-Colon",
+        ": empty-name",
+        "Space : before",
+        "Bad\x00: nul",
+        "V: nul\x00inside",
+        "V: bare\rcr",
+        "V: bare\nlf",
+        "V: esc\x1b",
+        "V: del\x7f",
+        "X-C: 2\r",
+        "\n",
+        "\r",
+        "",
+    ]
+)
+
+
+@settings(max_examples=500)
+@given(st.lists(st.lists(_LINE_PIECES, min_size=1, max_size=3).map("".join), max_size=6))
+def test_field_section_accepted_exactly_when_every_line_is_a_field(lines: list[str]) -> None:
+    from callgate.protocols.http.head import _FIELD_LINE
+
+    block = "".join(line + "\r\n" for line in lines).encode("latin-1")
+    raw = b"HTTP/1.1 200 OK\r\n" + block + b"\r\n"
+    every_line_valid = not block or all(
+        _FIELD_LINE.fullmatch(line) for line in block[:-2].split(b"\r\n")
+    )
+    try:
+        parsed = parse_response_head(raw)
+    except HttpResponseError:
+        assert not every_line_valid
+    else:
+        assert every_line_valid
+        assert len(parsed.fields) == len(lines)
+        for (name, value), line in zip(parsed.fields, lines, strict=True):
+            assert line.startswith(f"{name}:")
+            assert value == line.partition(":")[2].strip(" \t")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -107,3 +109,21 @@ def test_mask_query_keeps_structure(query: str) -> None:
     assert [p.partition("=")[0] for p in masked.split("&")] == [
         p.partition("=")[0] for p in query.split("&")
     ]
+
+
+# RFC 3986's path grammar written the direct way: what parse_target's faster check must equal.
+_RFC3986_PATH = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*", re.ASCII)
+
+
+@given(st.text(alphabet="/aZ9-._~!$&'()*+,;=:@%2fFgG \"<>[]\\^`{|}\x7f\xe9", max_size=24))
+def test_path_characters_checked_as_rfc3986_says(tail: str) -> None:
+    path = "/" + tail
+    try:
+        target = parse_target("GET", path)
+    except HttpRequestError as exc:
+        # Refused for its characters exactly when the grammar says no (else for dot segments).
+        refused_for_characters = "percent-encoded" in exc.message
+        assert refused_for_characters == (_RFC3986_PATH.fullmatch(path) is None)
+    else:
+        assert _RFC3986_PATH.fullmatch(path)
+        assert target.path == path

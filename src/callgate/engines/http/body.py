@@ -1,20 +1,21 @@
 """A caller's request body: streamed to the upstream as it arrives, or buffered when something
 must read it (a policy condition on the JSON body, an approval bound to it, an AWS signature).
 
-Bytes come through :class:`ClientStream`, which holds what was read past the previous message
-(pipelined requests) and applies the read timeout. ``Expect: 100-continue`` is answered the first
-time the body is read, never before: a request refused on its head is refused without the
-caller sending its body (RFC 9110 §10.1.1).
+Bytes come through :class:`ClientStream` (the caller's connection, a
+:class:`~callgate.engines.http.stream.Stream`), which holds what was read past the previous
+message (pipelined requests) and applies the read timeout. ``Expect: 100-continue`` is answered
+the first time the body is read, never before: a request refused on its head is refused without
+the caller sending its body (RFC 9110 §10.1.1).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import AsyncIterator
 from typing import Final
 
 from callgate.engines.http.replies import CONTINUE, BodyTooLarge
+from callgate.engines.http.stream import Stream
 from callgate.protocols.http import (
     BodyIncomplete,
     Framing,
@@ -34,56 +35,42 @@ class ClientGone(Exception):
     """The caller closed the connection, reset it, or stopped sending mid-request."""
 
 
-class ClientStream:
-    """The caller's connection, read with timeouts; bytes read too far are kept for later."""
+class ClientStream(Stream):
+    """The caller's connection; reads with a timeout where the engine asks for one."""
 
-    __slots__ = ("bytes_in", "pending", "reader", "writer")
+    __slots__ = ("bytes_in",)
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.pending = b""
+    def __init__(self, limit: int, *, tls: bool) -> None:
+        super().__init__(limit, keep_open_on_eof=not tls)
         self.bytes_in = 0
 
-    async def read(self, timeout: float | None = CLIENT_READ_TIMEOUT) -> bytes:  # noqa: ASYNC109
-        """The next bytes (``pending`` first); ``b""`` at EOF. Raises :class:`ClientGone` on a
-        reset or when nothing arrives within ``timeout`` (``None``: the caller enforces its
-        own deadline, see the listener's watchdog)."""
-        if self.pending:
-            data, self.pending = self.pending, b""
-            return data
-        reader = self.reader
+    async def read_within(self, timeout: float | None = CLIENT_READ_TIMEOUT) -> bytes:  # noqa: ASYNC109
+        """The next bytes; ``b""`` at EOF. Raises :class:`ClientGone` on a reset or when nothing
+        arrives within ``timeout`` (``None``: the caller enforces its own deadline, see the
+        listener's watchdog)."""
         try:
-            if timeout is None or getattr(reader, "_buffer", None):
-                data = await reader.read(CLIENT_READ)  # no timer needed
+            if timeout is None or self.buffered or self.at_eof:
+                data = await self.read()  # no timer needed
             else:
                 async with asyncio.timeout(timeout):
-                    data = await reader.read(CLIENT_READ)
+                    data = await self.read()
         except TimeoutError:
             raise ClientGone(f"the caller sent nothing for {timeout:g}s") from None
-        except (ConnectionError, ssl.SSLError) as exc:
+        except OSError as exc:
             raise ClientGone(f"the caller's connection failed ({type(exc).__name__})") from None
         self.bytes_in += len(data)
         return data
 
-    async def read_available(self) -> bytes:
-        """What the caller already sent (pending, then at most one read's worth of what the
-        transport buffered), without waiting for more."""
-        data, self.pending = self.pending, b""
-        if getattr(self.reader, "_buffer", None):
-            more = await self.reader.read(CLIENT_READ)  # returns at once: the bytes are here
-            self.bytes_in += len(more)
-            data += more
+    def read_available(self) -> bytes:
+        """What the caller already sent, without waiting for more."""
+        data = self.take()
+        self.bytes_in += len(data)
         return data
 
-    def unread(self, data: bytes) -> None:
-        if data:
-            self.pending = data + self.pending if self.pending else data
-
     def gone(self) -> bool:
-        """The caller closed its side or the transport is closing (checked while a request is
-        held for review; StreamReader has no public flag that leaves buffered bytes unread)."""
-        return bool(getattr(self.reader, "_eof", False)) or self.writer.is_closing()
+        """The caller closed its side or the connection is closing (checked while a request is
+        held for review)."""
+        return self.at_eof or self.is_closing()
 
 
 class ClientBody:
@@ -137,11 +124,12 @@ class ClientBody:
     async def _send_continue(self) -> None:
         if self._continue:
             self._continue = False
-            w = self._stream.writer
-            w.write(CONTINUE)
+            stream = self._stream
             try:
-                await w.drain()
-            except (ConnectionError, RuntimeError) as exc:
+                stream.write(CONTINUE)
+                if stream.must_drain:
+                    await stream.drain()
+            except (OSError, RuntimeError) as exc:
                 raise ClientGone("the caller went away before sending its body") from exc
 
     def _decoded(self, data: bytes) -> bytes:
@@ -166,7 +154,7 @@ class ClientBody:
         the upload short, never smuggle a request."""
         if self._reader is None or self.done or self._continue or self._prefetched:
             return
-        data = await self._stream.read_available()
+        data = self._stream.read_available()
         if data:
             payload = self._decoded(data)
             if payload:
@@ -185,7 +173,7 @@ class ClientBody:
         await self._send_continue()
         stream = self._stream
         while not reader.done:
-            data = await stream.read()
+            data = await stream.read_within()
             if not data:
                 try:
                     reader.eof()

@@ -74,6 +74,8 @@ _NOT_FORWARDED: Final = frozenset(
         "x-real-ip",
     }
 )
+#: The same, when callgate asks the upstream for an uncompressed body itself.
+_NOT_FORWARDED_SCRUBBED: Final = _NOT_FORWARDED | {"accept-encoding"}
 #: A request target as it may be written on the request line (visible ASCII, RFC 9112 §3.2).
 _TARGET: Final = re.compile(r"/[\x21-\x7e]*")
 #: Methods whose request carries Content-Length: 0 when it has no body (RFC 9110 §8.6: a user
@@ -296,46 +298,47 @@ class Exchange:
         self, pool: UpstreamPool, plan: HttpMaskPlan, scrub: bool
     ) -> list[tuple[str, str]]:
         head = self.head
-        fields = end_to_end(head.fields, head.names, drop=_NOT_FORWARDED)
-        fields = plan.request_headers(fields)
-        if scrub:
-            # A compressed body cannot be searched for an echoed secret (see scrub.py).
-            fields = [(n, v) for n, v in fields if n.lower() != "accept-encoding"]
+        # Accept-Encoding is dropped here when callgate sets it below (a compressed body cannot
+        # be searched for an echoed secret, see scrub.py); the mask plan may set it too.
+        fields = end_to_end(
+            head.fields, head.names, drop=_NOT_FORWARDED_SCRUBBED if scrub else _NOT_FORWARDED
+        )
+        if not plan.json.is_empty:
+            fields = plan.request_headers(fields)
+        elif scrub:
             fields.append(("Accept-Encoding", "identity"))
-        host = self.target.authority or head.get("host")
+        session = self.session
         out = [("Host", pool.address.authority), *fields]
-        out.append(("X-Forwarded-For", self.session.client_host))
-        out.append(("X-Forwarded-Proto", "https" if self.session.tls else "http"))
+        out.append(("X-Forwarded-For", session.client_host))
+        out.append(("X-Forwarded-Proto", "https" if session.tls else "http"))
+        host = self.target.authority or head.get("host")
         if host:
             out.append(("X-Forwarded-Host", host))
         return out
 
     async def _forward(self, injector: Injector | None, plan: HttpMaskPlan) -> int:
-        pool = self.listener.pool(self.conn)
+        listener = self.listener
+        pool = listener.pool(self.conn)
         address = pool.address
-        path = join_path(address.base_path, self.request.path)
+        request = self.request
+        path = join_path(address.base_path, request.path)
         query = self.target.query
         target = path if query is None else f"{path}?{query}"
         fields = self._upstream_fields(pool, plan, injector is not None)
+        url = address.url(target)
         outgoing = Outgoing(
-            method=self.request.method,
-            url=address.url(target),
-            headers=list(fields),
-            body=self.request.body
-            if self.request.body is not None
-            else (b"" if self.body.empty else None),
-            body_length=self.request.body_length,
+            request.method,
+            url,
+            list(fields),
+            request.body if request.body is not None else (b"" if self.body.empty else None),
+            request.body_length,
         )
         if injector is not None:
             outgoing = await injector.apply(outgoing)
-        head_bytes, chunked = _encode_upstream_head(
-            outgoing, pool, address.url(target), target, fields
-        )
+        head_bytes, chunked = _encode_upstream_head(outgoing, pool, url, target, fields)
         # After apply(): the secrets as resolved for this request (an OAuth2 token just fetched).
         scrubber = SecretScrubber(
-            self.listener.secret_set(injector.secret_values())
-            if injector is not None
-            else NO_SECRETS
+            listener.secret_set(injector.secret_values()) if injector is not None else NO_SECRETS
         )
         up, resp, leftover = await self._exchange_head(pool, outgoing, head_bytes, chunked)
         relay = ResponseRelay(
@@ -382,7 +385,7 @@ class Exchange:
                 if streamed:
                     resp, leftover = await self._send_streaming(up, pool, head_bytes, chunked)
                 else:
-                    data = [head_bytes, outgoing.body] if outgoing.body else [head_bytes]
+                    data = [head_bytes, outgoing.body] if outgoing.body else head_bytes
                     await write_upstream(up, data, pool.write_timeout)
                     resp, leftover = await self._answer(up, pool.read_timeout)
                 return up, resp, leftover

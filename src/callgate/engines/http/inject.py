@@ -8,9 +8,12 @@ an :class:`Outgoing` (the caller's ``Authorization`` already removed, ``Host`` a
 headers in place) and sends whatever :meth:`Injector.apply` returns, byte for byte: an AWS
 signature covers headers and URL exactly as given.
 
-Secrets are resolved on each use, not at start, so a rotated ``file:`` or ``env:`` secret is
-picked up without a restart; a reference that cannot be resolved fails that request with
-:class:`~callgate.errors.UpstreamAuthFailed` (502), whose message names the reference only.
+Secrets are resolved at first use, not at start, and kept for :data:`SECRET_REFRESH_SECONDS`
+before they are read again, so a rotated ``file:`` or ``env:`` secret is picked up without a
+restart (within that time) while a busy connection does not read its secret file on every
+request. A reference that cannot be resolved fails the request with
+:class:`~callgate.errors.UpstreamAuthFailed` (502), whose message names the reference only;
+a failure is never cached: the next request tries again.
 
 The static kinds (``headers``, ``basic``, ``query``) live here; ``oauth2_client_credentials`` is
 in :mod:`.oauth2` and ``aws_sigv4`` in :mod:`.sigv4`.
@@ -21,9 +24,10 @@ from __future__ import annotations
 import base64
 import dataclasses
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Final, Protocol
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Generic, Protocol, TypeVar
 from urllib.parse import quote, unquote_plus, urlsplit, urlunsplit
 
 from callgate.config.connections import ConnectionConfig
@@ -38,6 +42,13 @@ _FORBIDDEN_IN_FIELD: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # RFC 3986 §2.3 unreserved characters: the only ones left as they are in an injected query
 # parameter, so a secret with ``&``, ``=``, ``+``, ``#`` or ``%`` arrives exactly as configured.
 _QUERY_SAFE: Final = "-_.~"
+
+#: Seconds an injector uses the secrets it resolved before resolving them again: a rotated
+#: ``file:`` or ``env:`` secret is sent from the first request this long after the change.
+SECRET_REFRESH_SECONDS: Final = 1.0
+
+Clock = Callable[[], float]
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -70,9 +81,10 @@ class Injector(Protocol):
         ...
 
     def secret_values(self) -> tuple[str, ...]:
-        """The secrets this injector sends, resolved now (also in the encodings it sends them,
-        such as a Basic credential's base64), so an engine or a test can check that none of
-        them ever reaches a caller. Includes a cached OAuth2 access token."""
+        """The secrets this injector sends (also in the encodings it sends them, such as a
+        Basic credential's base64), so an engine or a test can check that none of them ever
+        reaches a caller: those of the last :meth:`apply` (resolved now if there was none) and
+        the ones they replaced at the last refresh. Includes a cached OAuth2 access token."""
         ...
 
     async def aclose(self) -> None:
@@ -137,6 +149,88 @@ def _dedupe(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(value for value in values if value))
 
 
+class Refreshed(Generic[_T]):
+    """What an injector builds from its secrets, kept for :data:`SECRET_REFRESH_SECONDS`.
+
+    :meth:`get` builds it at first use and again once it is that old (or the clock went
+    back). A build that fails (a secret that cannot be read) raises and caches nothing, so the
+    next request tries again. The value it replaced is kept in :attr:`previous`: a response to
+    a request sent just before a rotation is still checked for the old secret.
+    """
+
+    __slots__ = ("_at", "_build", "_clock", "_secrets", "_secrets_of", "current", "previous")
+
+    def __init__(
+        self,
+        build: Callable[[], _T],
+        clock: Clock,
+        secrets_of: Callable[[_T], Iterable[str]],
+    ) -> None:
+        self._build = build
+        self._clock = clock
+        self._secrets_of = secrets_of
+        self._at = 0.0
+        self._secrets: tuple[str, ...] | None = None
+        self.current: _T | None = None
+        self.previous: _T | None = None
+
+    def get(self) -> _T:
+        now = self._clock()
+        current = self.current
+        if current is None or not 0.0 <= now - self._at < SECRET_REFRESH_SECONDS:
+            built = self._build()
+            if built != current:
+                if current is not None:
+                    self.previous = current
+                self._secrets = None
+            self.current = current = built
+            self._at = now
+        return current
+
+    def secret_values(self) -> tuple[str, ...]:
+        """The secrets of the current value (built now if there is none: this may raise like
+        :meth:`get`) and of the one it replaced; the same tuple until they change."""
+        if self.current is None:
+            self.get()
+        found = self._secrets
+        if found is None:
+            kept = (v for v in (self.current, self.previous) if v is not None)
+            found = self._secrets = _dedupe(s for v in kept for s in self._secrets_of(v))
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """An injector's secrets, resolved: the header fields (or query parameters) to send, with
+    the names they replace, and the secret values to keep from callers."""
+
+    fields: tuple[tuple[str, str], ...] = field(repr=False)
+    #: lower-case names of the caller's fields (or parameters) these replace
+    replaces: frozenset[str]
+    secrets: tuple[str, ...] = field(repr=False)
+
+
+def _prepared(build: Callable[[], Prepared], clock: Clock) -> Refreshed[Prepared]:
+    return Refreshed(build, clock, lambda p: p.secrets)
+
+
+def _secrets_of(
+    prepared: Refreshed[Prepared], fallback: Callable[[], tuple[str, ...]]
+) -> tuple[str, ...]:
+    try:
+        return prepared.secret_values()
+    except UpstreamAuthFailed:
+        return fallback()  # nothing sendable: whatever can be read now
+
+
+def _with_fields(req: Outgoing, prepared: Prepared) -> Outgoing:
+    """``req`` with ``prepared.fields`` in place of the caller's fields of those names."""
+    drop = prepared.replaces
+    headers = [f for f in req.headers if f[0].lower() not in drop]
+    headers += prepared.fields
+    return Outgoing(req.method, req.url, headers, req.body, req.body_length)
+
+
 # --- headers: {Name: template} ------------------------------------------------------------------
 
 
@@ -145,31 +239,40 @@ class HeaderInjector:
 
     needs_body = False
 
-    def __init__(self, connection: str, headers: dict[str, SecretRef]) -> None:
+    def __init__(
+        self, connection: str, headers: dict[str, SecretRef], *, clock: Clock = time.monotonic
+    ) -> None:
         self._connection = connection
         self._headers = tuple(headers.items())
+        self._prepared = _prepared(self._prepare, clock)
 
-    async def apply(self, req: Outgoing) -> Outgoing:
-        added = [
+    def _prepare(self) -> Prepared:
+        connection = self._connection
+        fields = tuple(
             (
                 name,
                 check_field_value(
-                    self._connection,
-                    f"headers.{name}",
-                    resolve(self._connection, f"headers.{name}", ref),
+                    connection, f"headers.{name}", resolve(connection, f"headers.{name}", ref)
                 ),
             )
             for name, ref in self._headers
-        ]
-        return dataclasses.replace(req, headers=replace_headers(req.headers, added))
+        )
+        return Prepared(
+            fields,
+            frozenset(name.lower() for name, _ in fields),
+            # The referenced secrets alone (``TOKEN``, not ``Bearer TOKEN``): a leak of the
+            # token in any framing must be caught.
+            _dedupe(secret for _, ref in self._headers for secret in resolve_secrets(ref)),
+        )
+
+    async def apply(self, req: Outgoing) -> Outgoing:
+        return _with_fields(req, self._prepared.get())
 
     def secret_values(self) -> tuple[str, ...]:
-        # The referenced secrets alone (``TOKEN``, not ``Bearer TOKEN``): a leak of the token
-        # in any framing must be caught.
-        found: list[str] = []
-        for _, ref in self._headers:
-            found.extend(resolve_secrets(ref))
-        return _dedupe(found)
+        return _secrets_of(
+            self._prepared,
+            lambda: _dedupe(s for _, ref in self._headers for s in resolve_secrets(ref)),
+        )
 
     async def aclose(self) -> None:
         return None
@@ -188,12 +291,20 @@ class BasicInjector:
 
     needs_body = False
 
-    def __init__(self, connection: str, user: SecretRef, password: SecretRef) -> None:
+    def __init__(
+        self,
+        connection: str,
+        user: SecretRef,
+        password: SecretRef,
+        *,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self._connection = connection
         self._user = user
         self._password = password
+        self._prepared = _prepared(self._prepare, clock)
 
-    async def apply(self, req: Outgoing) -> Outgoing:
+    def _prepare(self) -> Prepared:
         user = resolve(self._connection, "basic.user", self._user)
         password = resolve(self._connection, "basic.password", self._password)
         if ":" in user:
@@ -204,12 +315,23 @@ class BasicInjector:
             )
         check_field_value(self._connection, "basic.user", user)
         check_field_value(self._connection, "basic.password", password)
-        added = [("Authorization", f"Basic {basic_credentials(user, password)}")]
-        return dataclasses.replace(req, headers=replace_headers(req.headers, added))
+        encoded = basic_credentials(user, password)
+        # The user name identifies callgate and may show up in an upstream's answers; the
+        # password (a template's parts) and the encoded credential (what actually travels)
+        # are the secrets.
+        return Prepared(
+            (("Authorization", f"Basic {encoded}"),),
+            frozenset({"authorization"}),
+            _dedupe([*resolve_secrets(self._password), encoded]),
+        )
+
+    async def apply(self, req: Outgoing) -> Outgoing:
+        return _with_fields(req, self._prepared.get())
 
     def secret_values(self) -> tuple[str, ...]:
-        # The user name identifies callgate and may show up in an upstream's answers; the
-        # password and the encoded credential (what actually travels) are the secrets.
+        return _secrets_of(self._prepared, self._readable_secrets)
+
+    def _readable_secrets(self) -> tuple[str, ...]:
         users = resolve_secrets(self._user)
         passwords = resolve_secrets(self._password)
         encoded = [basic_credentials(u, p) for u in users for p in passwords]
@@ -250,17 +372,27 @@ class QueryInjector:
 
     needs_body = False
 
-    def __init__(self, connection: str, params: dict[str, SecretRef]) -> None:
+    def __init__(
+        self, connection: str, params: dict[str, SecretRef], *, clock: Clock = time.monotonic
+    ) -> None:
         self._connection = connection
         self._params = tuple(params.items())
+        self._prepared = _prepared(self._prepare, clock)
+
+    def _prepare(self) -> Prepared:
+        values = tuple(
+            (name, resolve(self._connection, f"query.{name}", ref)) for name, ref in self._params
+        )
+        return Prepared(values, frozenset(name for name, _ in values), self._readable_secrets())
 
     async def apply(self, req: Outgoing) -> Outgoing:
-        values = [
-            (name, resolve(self._connection, f"query.{name}", ref)) for name, ref in self._params
-        ]
-        return dataclasses.replace(req, url=set_query_params(req.url, values))
+        prepared = self._prepared.get()
+        return dataclasses.replace(req, url=set_query_params(req.url, prepared.fields))
 
     def secret_values(self) -> tuple[str, ...]:
+        return _secrets_of(self._prepared, self._readable_secrets)
+
+    def _readable_secrets(self) -> tuple[str, ...]:
         found: list[str] = []
         for _, ref in self._params:
             for value in resolve_secrets(ref):
@@ -275,8 +407,9 @@ class QueryInjector:
 # --- choosing -----------------------------------------------------------------------------------
 
 
-def build_injector(conn: ConnectionConfig) -> Injector | None:
-    """The injector for ``conn``'s ``inject`` block, or ``None`` when it has none.
+def build_injector(conn: ConnectionConfig, *, clock: Clock = time.monotonic) -> Injector | None:
+    """The injector for ``conn``'s ``inject`` block, or ``None`` when it has none. ``clock``
+    times the reuse of resolved secrets (and the OAuth2 token's lifetime).
 
     Nothing is resolved or fetched here: the first request does that, so a secret that is not
     there yet fails requests (502), not the gateway's start; ``callgate check`` resolves every
@@ -287,20 +420,20 @@ def build_injector(conn: ConnectionConfig) -> Injector | None:
         return None
     name = conn.name
     if inject.headers is not None:
-        return HeaderInjector(name, inject.headers)
+        return HeaderInjector(name, inject.headers, clock=clock)
     if inject.basic is not None:
-        return BasicInjector(name, inject.basic.user, inject.basic.password)
+        return BasicInjector(name, inject.basic.user, inject.basic.password, clock=clock)
     if inject.query is not None:
-        return QueryInjector(name, inject.query)
+        return QueryInjector(name, inject.query, clock=clock)
     # The two modules below import this one (Outgoing, the helpers): imported here, not on top.
     if inject.oauth2_client_credentials is not None:
         from callgate.engines.http.oauth2 import OAuth2ClientCredentialsInjector
 
-        return OAuth2ClientCredentialsInjector(name, inject.oauth2_client_credentials)
+        return OAuth2ClientCredentialsInjector(name, inject.oauth2_client_credentials, clock=clock)
     if inject.aws_sigv4 is not None:
         # Also keeps botocore (~0.2 s to import) out of gateways that sign nothing.
         from callgate.engines.http.sigv4 import AwsSigV4Injector
 
-        return AwsSigV4Injector(name, inject.aws_sigv4)
+        return AwsSigV4Injector(name, inject.aws_sigv4, clock=clock)
     # InjectConfig validates that exactly one kind is set; a new kind must be added above.
     raise NotImplementedError(f"inject kind {inject.kind!r} has no injector")

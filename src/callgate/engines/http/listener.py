@@ -15,6 +15,7 @@ import socket
 import ssl
 from typing import TYPE_CHECKING, Final
 
+from callgate.engines.http.body import ClientStream
 from callgate.engines.http.inject import Injector, build_injector
 from callgate.engines.http.replies import error_response
 from callgate.engines.http.scrub import SecretSet
@@ -38,7 +39,7 @@ LISTEN_BACKLOG: Final = 1024
 #: upstream-answer timeouts: one timer for the whole listener instead of one per read, so
 #: timeouts hold to within this much.
 WATCHDOG_TICK: Final = 0.25
-#: StreamReader buffer per caller: reading pauses (TCP back-pressure) once this much is unread.
+#: Bytes held per caller: reading pauses (TCP back-pressure) once this much is unread.
 CLIENT_BUFFER: Final = 256 * 1024
 _TLS_HANDSHAKE: Final = 0x16
 #: Distinct secret sets prepared for scrubbing (one per injector, more while secrets rotate).
@@ -60,6 +61,7 @@ class HttpListener:
         self._retired: list[UpstreamPool | Injector] = []
         self._tasks_retiring: set[asyncio.Future[None]] = set()
         self._hosts = self._host_map(services)
+        self._connections = self._connection_map(services)
         self._secret_key: bytes | None = None
         self._secret_sets: dict[tuple[str, ...], SecretSet] = {}
         self._sock: socket.socket | None = None
@@ -77,10 +79,19 @@ class HttpListener:
                     hosts[host.lower()] = conn.name
         return hosts
 
+    @staticmethod
+    def _connection_map(services: Services) -> dict[str, ConnectionConfig]:
+        return {c.name: c for c in services.config.connections if c.protocol == "http"}
+
+    def http_connection(self, name: str) -> ConnectionConfig | None:
+        """The HTTP connection called ``name``, if there is one."""
+        return self._connections.get(name)
+
     def reload(self, services: Services) -> None:
         """New requests use the new config; resources of unchanged connections are kept."""
         self.services = services
         self._hosts = self._host_map(services)
+        self._connections = self._connection_map(services)
         self._secret_key = None
         for cache in (self._pools, self._injectors):
             for name, (old, _) in list(cache.items()):
@@ -108,6 +119,11 @@ class HttpListener:
     @property
     def max_inspected(self) -> int:
         return self.services.config.gateway.limits.http_max_inspected_body
+
+    @property
+    def record_body(self) -> int:
+        """Bytes of each body kept for audit (``gateway.audit.record_body``)."""
+        return self.services.config.gateway.audit.record_body
 
     def secret_key(self) -> bytes:
         """The gateway's HMAC key (``hash`` mask tokens), read once per config."""
@@ -220,10 +236,9 @@ class HttpListener:
                 sock.close()
                 return
             tls = first[0] == _TLS_HANDSHAKE and self.ssl_context is not None
-            reader = asyncio.StreamReader(limit=CLIENT_BUFFER, loop=loop)
-            protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-            transport, _ = await loop.connect_accepted_socket(
-                lambda: protocol,
+            stream = ClientStream(CLIENT_BUFFER, tls=tls)
+            await loop.connect_accepted_socket(
+                lambda: stream,
                 sock,
                 ssl=self.ssl_context if tls else None,
                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT if tls else None,
@@ -232,19 +247,19 @@ class HttpListener:
             log.info("http connection dropped before its first request: %s", exc)
             sock.close()
             return
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         if not tls and not self.config.allow_plaintext:
             _, data = error_response(
                 PlaintextRefused("callgate requires TLS on this listener (use https://)"),
                 close=True,
             )
             with contextlib.suppress(Exception):
-                writer.write(data)
-                async with asyncio.timeout(2.0):
-                    await writer.drain()
-            writer.close()
+                stream.write(data)
+                if stream.must_drain:
+                    async with asyncio.timeout(2.0):
+                        await stream.drain()
+            stream.close()
             return
-        session = HttpSession(self, reader, writer, tls=tls)
+        session = HttpSession(self, stream, tls=tls)
         session.task = asyncio.current_task()
         self.sessions.add(session)
         await session.run()

@@ -26,6 +26,7 @@ import httpx
 from callgate.config.connections import OAuth2ClientCredentialsConfig
 from callgate.engines.http.inject import (
     Outgoing,
+    Refreshed,
     basic_credentials,
     check_field_value,
     replace_headers,
@@ -120,6 +121,8 @@ class OAuth2ClientCredentialsInjector:
         self._where = _shown_url(config.token_url)
         #: token requests started so far (for metrics and tests)
         self.fetches = 0
+        #: the client secret as leak checks look for it, read again now and then (rotation)
+        self._client_secrets = Refreshed(self._read_client_secrets, clock, lambda found: found)
 
     # --- the Injector interface -----------------------------------------------------------------
 
@@ -129,14 +132,18 @@ class OAuth2ClientCredentialsInjector:
         return dataclasses.replace(req, headers=replace_headers(req.headers, added))
 
     def secret_values(self) -> tuple[str, ...]:
+        secrets = list(self._client_secrets.secret_values())
+        if self._token is not None:
+            secrets.append(self._token.value)
+        return tuple(dict.fromkeys(s for s in secrets if s))
+
+    def _read_client_secrets(self) -> tuple[str, ...]:
         # The client id is not a secret (RFC 6749 §2.2) and may appear in upstream answers.
         secrets = list(resolve_secrets(self._config.client_secret))
         for client_id in resolve_secrets(self._config.client_id):
             for secret in tuple(secrets):
                 secrets.append(basic_credentials(quote_plus(client_id), quote_plus(secret)))
-        if self._token is not None:
-            secrets.append(self._token.value)
-        return tuple(dict.fromkeys(s for s in secrets if s))
+        return tuple(secrets)
 
     async def aclose(self) -> None:
         refreshing, self._refreshing = self._refreshing, None

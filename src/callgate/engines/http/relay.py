@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from typing import Final
 
 from callgate.engines.http.body import ClientGone, ClientStream
@@ -43,6 +42,9 @@ from callgate.protocols.http import (
 #: given up. Back-pressure means a slow reader slows the upstream down; a stalled one ends.
 CLIENT_WRITE_TIMEOUT: Final = 60.0
 
+
+#: Response fields never copied from the upstream's head: callgate writes its own framing.
+_NOT_RELAYED: Final = frozenset({"content-length"})
 
 #: Buffers up to this size are joined into one before writing: one small copy is cheaper than
 #: handing the transport several buffers (and keeps one send per response).
@@ -102,7 +104,7 @@ class ResponseRelay:
     # --- writing to the caller ----------------------------------------------------------------
 
     async def _write(self, data: bytes | list[bytes]) -> None:
-        w = self.client.writer
+        w = self.client
         try:
             if isinstance(data, bytes):
                 w.write(data)
@@ -112,14 +114,14 @@ class ResponseRelay:
                 if len(data) == 1 or size <= JOIN_BELOW:
                     w.write(data[0] if len(data) == 1 else b"".join(data))
                 else:
-                    w.writelines(data)  # a big chunk is not copied just to add its size line
+                    w.transport.writelines(data)  # a big chunk is not copied to add its size line
                 self.sent += size
-            if w.transport.get_write_buffer_size():
+            if w.must_drain:
                 async with asyncio.timeout(CLIENT_WRITE_TIMEOUT):
                     await w.drain()
         except TimeoutError:
             raise ClientGone(f"the caller read nothing for {CLIENT_WRITE_TIMEOUT:g}s") from None
-        except (ConnectionError, RuntimeError, ssl.SSLError) as exc:
+        except (OSError, RuntimeError) as exc:
             raise ClientGone(f"the caller's connection failed ({type(exc).__name__})") from None
 
     def _head(self, fields: list[tuple[str, str]]) -> bytes:
@@ -142,7 +144,7 @@ class ResponseRelay:
         """Cut the caller's connection (the response could not be completed)."""
         self.aborted = True
         with contextlib.suppress(Exception):
-            self.client.writer.transport.abort()
+            self.client.abort()
 
     # --- reading from the upstream ------------------------------------------------------------
 
@@ -176,10 +178,12 @@ class ResponseRelay:
         resp = self.response
         method = self.request_head.method
         framing = response_framing(resp, method)
-        fields = end_to_end(resp.fields, resp.names, drop=("content-length",))
-        fields = self.plan.mask_headers(fields)
-        if self.scrubber.active:
-            fields = [(n, self.scrubber.text(v)) for n, v in fields]
+        fields = end_to_end(resp.fields, resp.names, drop=_NOT_RELAYED)
+        if not self.plan.is_empty:
+            fields = self.plan.mask_headers(fields)
+        scrubber = self.scrubber
+        if scrubber.active:
+            fields = [(n, scrubber.text(v)) for n, v in fields]
         self._reader = body_reader(framing, request=False)
         if self._reader is None:
             if method == "HEAD":
@@ -260,6 +264,20 @@ class ResponseRelay:
             self.close_delimited = True  # an HTTP/1.0 caller reads to the end of the connection
         scrubber = self.scrubber
         head = self._head(fields)
+        pending = self._pending
+        if not first and isinstance(framing, Length) and len(pending) >= framing.length:
+            # The whole body came with the head (most small responses): one write, no
+            # streaming steps. Nothing is held back for a secret straddling reads: the body is
+            # searched whole.
+            reader = self._reader
+            assert reader is not None
+            self._pending = b""
+            body = scrubber.whole(reader.feed(pending))
+            if reader.leftover:
+                self._extra = True  # bytes after the response: the connection is out of step
+            self._delivered(body)
+            await self._write(head + body)
+            return
         pending_head: bytes | None = head
         small = isinstance(framing, Length) and framing.length <= JOIN_BELOW
         if not first and not self._pending and not small:

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Final
 
 from callgate.approvals import Grant
 from callgate.engines.http.body import (
-    CLIENT_READ,
     CLIENT_READ_TIMEOUT,
     ClientBody,
     ClientGone,
@@ -98,17 +97,11 @@ class Audited:
 
 
 class HttpSession:
-    def __init__(
-        self,
-        listener: HttpListener,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        *,
-        tls: bool,
-    ) -> None:
+    def __init__(self, listener: HttpListener, stream: ClientStream, *, tls: bool) -> None:
         self.listener = listener
-        self.stream = ClientStream(reader, writer)
-        peer = writer.get_extra_info("peername")
+        self.stream = stream
+        self._loop = asyncio.get_running_loop()
+        peer = stream.get_extra_info("peername")
         self.client_addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.client_host = peer[0] if isinstance(peer, tuple) else str(peer)
         self.tls = tls
@@ -162,11 +155,10 @@ class HttpSession:
 
     async def _finish(self, reason: str) -> None:
         self.listener.forget(self)
-        w = self.stream.writer
         if self._linger:
             await self._lingering_close()
         with contextlib.suppress(Exception):
-            w.close()
+            self.stream.close()
         for audited in self._audits.values():
             try:
                 await audited.recorder.end(
@@ -185,19 +177,21 @@ class HttpSession:
         connection idle for :data:`CLIENT_IDLE_TIMEOUT` or stuck mid-head for
         :data:`~callgate.engines.http.body.CLIENT_READ_TIMEOUT`."""
         reader = HeadReader(request=True)
-        loop = asyncio.get_running_loop()
+        stream = self.stream
+        clock = self._loop.time
         while True:
-            started = reader.started or bool(self.stream.pending)
+            started = reader.started or stream.buffered
             limit = CLIENT_READ_TIMEOUT if started else CLIENT_IDLE_TIMEOUT
-            self._client_deadline = loop.time() + limit
+            self._client_deadline = clock() + limit
             try:
-                data = await self.stream.read(None)
-            except ClientGone:
+                data = await stream.read()
+            except OSError as exc:
                 if not started:
                     return None
-                raise
+                raise ClientGone(f"the caller's connection failed ({type(exc).__name__})") from None
             finally:
                 self._client_deadline = None
+            stream.bytes_in += len(data)
             if not data:
                 if self.timed_out is not None and reader.started:
                     raise ClientGone(self.timed_out)
@@ -210,7 +204,7 @@ class HttpSession:
                 await self.reply_error(exc, close=True)
                 raise ClientGone(f"refused a malformed request head: {exc.message}") from None
             if head is not None:
-                self.stream.unread(reader.leftover)
+                stream.unread(reader.leftover)
                 return head
 
     # --- deadlines (the listener's watchdog calls check_deadlines a few times a second) -----
@@ -218,7 +212,7 @@ class HttpSession:
     def watch_upstream(self, up: UpstreamConnection, seconds: float) -> None:
         """Give the upstream ``seconds`` to answer; past that the watchdog aborts ``up`` and
         marks it :attr:`~UpstreamConnection.timed_out`."""
-        self._upstream_deadline = (asyncio.get_running_loop().time() + seconds, up)
+        self._upstream_deadline = (self._loop.time() + seconds, up)
 
     def unwatch_upstream(self) -> None:
         self._upstream_deadline = None
@@ -229,7 +223,7 @@ class HttpSession:
             self._client_deadline = None
             self.timed_out = "the caller sent nothing in time"
             with contextlib.suppress(Exception):
-                self.stream.writer.transport.abort()
+                self.stream.abort()
         upstream = self._upstream_deadline
         if upstream is not None and now > upstream[0]:
             self._upstream_deadline = None
@@ -244,14 +238,15 @@ class HttpSession:
         head_only: bool = False,
     ) -> tuple[int, int]:
         """Answer with ``exc`` as JSON; returns the status and bytes written."""
-        w = self.stream.writer
+        w = self.stream
         status, data = error_response(exc, close=close, review_id=review_id, head_only=head_only)
         if w.is_closing():
             return status, 0
         try:
             w.write(data)
-            async with asyncio.timeout(5.0):
-                await w.drain()
+            if w.must_drain:
+                async with asyncio.timeout(5.0):
+                    await w.drain()
         except (OSError, RuntimeError, TimeoutError):
             return status, 0
         if close:
@@ -263,14 +258,14 @@ class HttpSession:
         (a body we refused to read): closing a socket with unread data makes the kernel reset
         the connection, and the caller may lose our answer. So: stop writing, read and drop
         what comes for a moment, then close (nginx's lingering close)."""
-        w = self.stream.writer
+        w = self.stream
         try:
             if w.can_write_eof() and not w.is_closing():
                 w.write_eof()
             dropped = 0
             async with asyncio.timeout(LINGER_SECONDS):
                 while dropped < LINGER_BYTES:
-                    data = await self.stream.reader.read(CLIENT_READ)
+                    data = await w.read()
                     if not data:
                         break
                     dropped += len(data)
@@ -297,10 +292,12 @@ class HttpSession:
             )
             return False
         keep = request_keep_alive(head) and not self.stopping
-        record_body = self.listener.services.config.gateway.audit.record_body
-        body = ClientBody(self.stream, framing, expect_continue=expect, sample_limit=record_body)
+        listener = self.listener
+        body = ClientBody(
+            self.stream, framing, expect_continue=expect, sample_limit=listener.record_body
+        )
         try:
-            principal = await self.authenticate(head)
+            principal = self._known_caller(head) or await self.authenticate(head)
             conn, path = self.route(head, target)
             audited = await self.audited(principal, conn, head)
         except CallgateError as exc:
@@ -317,13 +314,12 @@ class HttpSession:
                 exc.message,
             )
             return not close
+        pairs = zip(head.names, head.fields, strict=True)
         request = HttpRequest(
             method=head.method,
             path=path,
-            query=target.query_string,
-            headers=tuple(
-                (n, head.fields[i][1]) for i, n in enumerate(head.names) if n != "authorization"
-            ),
+            query=target.query or "",
+            headers=tuple([(n, f[1]) for n, f in pairs if n != "authorization"]),
             body=None,
             body_length=body.declared,
             content_type=head.get("content-type"),
@@ -366,13 +362,9 @@ class HttpSession:
         if scheme.lower() != "bearer" or not credential:
             raise AuthenticationFailed("expected Authorization: Bearer <credential>")
         now = time.time()
-        for known, (principal, verified) in self._credentials.items():
-            if hmac.compare_digest(known, credential):
-                expired = principal.expires_at is not None and principal.expires_at <= now
-                if not expired and now - verified < CREDENTIAL_RECHECK:
-                    return principal
-                del self._credentials[known]
-                break
+        principal = self._remembered(credential, now)
+        if principal is not None:
+            return principal
         principal = await identity.authenticate(
             credential, source=self.client_host, protocol="http"
         )
@@ -381,12 +373,38 @@ class HttpSession:
         self._credentials[credential] = (principal, now)
         return principal
 
+    def _known_caller(self, head: RequestHead) -> Principal | None:
+        """The caller of this request when its one ``Authorization: Bearer`` credential was
+        verified on this connection lately (no await); otherwise ``None`` and
+        :meth:`authenticate` decides."""
+        names = head.names
+        if names.count("authorization") != 1:
+            return None
+        scheme, _, credential = head.fields[names.index("authorization")][1].partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        return self._remembered(credential.strip(" \t"), time.time())
+
+    def _remembered(self, credential: str, now: float) -> Principal | None:
+        """The principal ``credential`` was verified as on this connection, if that was less
+        than :data:`CREDENTIAL_RECHECK` ago and it has not expired (compared in constant time)."""
+        if not credential or not credential.isascii():
+            return None  # compare_digest takes ASCII text only; a verified credential is ASCII
+        for known, (principal, verified) in self._credentials.items():
+            if hmac.compare_digest(known, credential):
+                expired = principal.expires_at is not None and principal.expires_at <= now
+                if not expired and now - verified < CREDENTIAL_RECHECK:
+                    return principal
+                del self._credentials[known]
+                return None
+        return None
+
     def _peer_certificate(self) -> bytes | None:
         gw_tls = self.listener.services.config.gateway.tls
         client_ca = self.listener.config.client_ca or (gw_tls.client_ca if gw_tls else None)
         if not self.tls or client_ca is None:
             return None
-        ssl_object = self.stream.writer.get_extra_info("ssl_object")
+        ssl_object = self.stream.get_extra_info("ssl_object")
         if ssl_object is None:
             return None
         der: bytes | None = ssl_object.getpeercert(binary_form=True)
@@ -395,15 +413,15 @@ class HttpSession:
     def route(self, head: RequestHead, target: Target) -> tuple[ConnectionConfig, str]:
         """The connection a request is for, and its path inside that connection: a ``Host``
         mapped by ``connections[].hosts``, else the first path segment."""
-        config = self.listener.services.config
+        listener = self.listener
         host = target.authority or head.get("host") or ""
-        mapped = self.listener.host_route(host)
+        mapped = listener.host_route(host)
         if mapped is not None:
             name, path = mapped, target.path
         else:
             name, path = split_prefix(target.path)
-        conn = config.connection(name) if name else None
-        if conn is None or conn.protocol != "http":
+        conn = listener.http_connection(name)
+        if conn is None:
             shown = name if len(name) <= 64 else name[:64] + "…"
             raise UnknownConnection(f'connection "{shown}" does not exist')
         return conn, path

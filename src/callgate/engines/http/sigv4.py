@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
+from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import quote, unquote_to_bytes, urlsplit, urlunsplit
 
@@ -31,13 +33,15 @@ from botocore.credentials import Credentials
 
 from callgate.config.connections import AwsSigV4Config
 from callgate.engines.http.inject import (
+    Clock,
     Outgoing,
+    Refreshed,
     check_field_value,
     resolve,
     resolve_secrets,
     without_headers,
 )
-from callgate.errors import InternalError
+from callgate.errors import InternalError, UpstreamAuthFailed
 
 #: services whose signature may say ``UNSIGNED-PAYLOAD`` instead of the body's hash, so a body
 #: can stream through unread; they are also signed with S3's rules (path not normalised,
@@ -144,16 +148,30 @@ def _host_header(url: str) -> str:
     return host if parts.port in (None, default) else f"{host}:{parts.port}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Keys:
+    """The connection's AWS credentials, resolved (never shown)."""
+
+    access_key: str = field(repr=False)
+    secret_key: str = field(repr=False)
+    token: str | None = field(repr=False)
+    #: what leak checks look for: the secret key and the session token (a template's parts)
+    secrets: tuple[str, ...] = field(repr=False)
+
+
 class AwsSigV4Injector:
     """AWS Signature Version 4 with the connection's keys, for one service and region."""
 
-    def __init__(self, connection: str, config: AwsSigV4Config) -> None:
+    def __init__(
+        self, connection: str, config: AwsSigV4Config, *, clock: Clock = time.monotonic
+    ) -> None:
         self._connection = connection
         self._config = config
         self._s3 = config.service in S3_SERVICES
         self.needs_body = not self._s3
+        self._keys = Refreshed(self._read_keys, clock, lambda keys: keys.secrets)
 
-    async def apply(self, req: Outgoing) -> Outgoing:
+    def _read_keys(self) -> _Keys:
         config = self._config
         key = "aws_sigv4"
         access_key = resolve(self._connection, f"{key}.access_key_id", config.access_key_id)
@@ -163,6 +181,17 @@ class AwsSigV4Injector:
             token = resolve(self._connection, f"{key}.session_token", config.session_token)
             check_field_value(self._connection, f"{key}.session_token", token)
         check_field_value(self._connection, f"{key}.access_key_id", access_key)
+        # The access key id names the principal and is not a secret: AWS error answers
+        # (SignatureDoesNotMatch, InvalidAccessKeyId) carry it back on purpose.
+        found = list(resolve_secrets(config.secret_access_key))
+        if config.session_token is not None:
+            found.extend(resolve_secrets(config.session_token))
+        return _Keys(access_key, secret_key, token, tuple(dict.fromkeys(s for s in found if s)))
+
+    async def apply(self, req: Outgoing) -> Outgoing:
+        config = self._config
+        keys = self._keys.get()
+        access_key, secret_key, token = keys.access_key, keys.secret_key, keys.token
 
         url = canonical_url(req.url)
         headers = without_headers(req.headers, CALLER_AUTH_HEADERS)
@@ -219,13 +248,15 @@ class AwsSigV4Injector:
         )
 
     def secret_values(self) -> tuple[str, ...]:
-        # The access key id names the principal and is not a secret: AWS error answers
-        # (SignatureDoesNotMatch, InvalidAccessKeyId) carry it back on purpose.
-        config = self._config
-        found = list(resolve_secrets(config.secret_access_key))
-        if config.session_token is not None:
-            found.extend(resolve_secrets(config.session_token))
-        return tuple(dict.fromkeys(s for s in found if s))
+        try:
+            return self._keys.secret_values()
+        except UpstreamAuthFailed:
+            # Nothing sendable: whatever can be read now.
+            config = self._config
+            found = list(resolve_secrets(config.secret_access_key))
+            if config.session_token is not None:
+                found.extend(resolve_secrets(config.session_token))
+            return tuple(dict.fromkeys(s for s in found if s))
 
     async def aclose(self) -> None:
         return None

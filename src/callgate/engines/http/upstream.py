@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
+from callgate.engines.http.stream import Stream
 from callgate.errors import UpstreamUnavailable
 from callgate.protocols.http import HeadReader, HttpResponseError, ResponseHead, parse_response_head
 
@@ -84,11 +85,10 @@ class UpstreamClosed(UpstreamUnavailable):
 class UpstreamConnection:
     """One connection to the upstream. ``reused``: it served a request before this one."""
 
-    __slots__ = ("idle_since", "reader", "reused", "timed_out", "writer")
+    __slots__ = ("idle_since", "reused", "stream", "timed_out")
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
         self.reused = False
         self.idle_since = 0.0
         #: the answer did not come in time and the watchdog aborted the connection
@@ -98,21 +98,18 @@ class UpstreamConnection:
         """Abort: the upstream did not answer in time (the waiting read then ends)."""
         self.timed_out = True
         with contextlib.suppress(Exception):
-            self.writer.transport.abort()
+            self.stream.abort()
 
     @property
     def usable(self) -> bool:
         """Still open, and nothing arrived while it was idle (an unsolicited byte means the
         upstream is out of step or closing)."""
-        return (
-            not self.writer.is_closing()
-            and not self.reader.at_eof()
-            and not getattr(self.reader, "_buffer", b"")
-        )
+        stream = self.stream
+        return not stream.is_closing() and not stream.at_eof and not stream.buffered
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.writer.close()
+            self.stream.close()
 
 
 class UpstreamPool:
@@ -156,14 +153,15 @@ class UpstreamPool:
 
     async def _connect(self) -> UpstreamConnection:
         a = self.address
+        tls = self.ssl_context is not None
         try:
             async with asyncio.timeout(self.connect_timeout):
-                reader, writer = await asyncio.open_connection(
+                _, stream = await asyncio.get_running_loop().create_connection(
+                    lambda: Stream(UPSTREAM_READ, keep_open_on_eof=not tls),
                     a.host,
                     a.port,
                     ssl=self.ssl_context,
-                    server_hostname=a.host if self.ssl_context is not None else None,
-                    limit=UPSTREAM_READ,
+                    server_hostname=a.host if tls else None,
                 )
         except TimeoutError:
             raise UpstreamTimeout(
@@ -184,11 +182,11 @@ class UpstreamPool:
                 f"connection {self.connection!r}: the upstream cannot be reached "
                 f"({exc.strerror or type(exc).__name__})"
             ) from None
-        sock = writer.get_extra_info("socket")
+        sock = stream.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return UpstreamConnection(reader, writer)
+        return UpstreamConnection(stream)
 
     async def close(self) -> None:
         self._closed = True
@@ -202,12 +200,15 @@ async def read_upstream(
     what: str,
 ) -> bytes:
     """The next bytes from the upstream (``b""`` at EOF), or :class:`UpstreamTimeout`."""
+    stream = conn.stream
     try:
+        if timeout is None or stream.buffered or stream.at_eof:
+            return await stream.read()  # no timer needed
         async with asyncio.timeout(timeout):
-            return await conn.reader.read(UPSTREAM_READ)
+            return await stream.read()
     except TimeoutError:
         raise UpstreamTimeout(f"the upstream sent no {what} within {timeout or 0:g}s") from None
-    except (ConnectionError, ssl.SSLError) as exc:
+    except OSError as exc:
         raise UpstreamUnavailable(
             f"the upstream connection failed ({type(exc).__name__})"
         ) from None
@@ -219,18 +220,18 @@ async def write_upstream(
     timeout: float,  # noqa: ASYNC109
 ) -> None:
     """Write, then wait until the transport takes more (back-pressure); UpstreamTimeout."""
-    w = conn.writer
+    w = conn.stream
     try:
         w.write(data if isinstance(data, bytes) else b"".join(data))
-        if w.transport.get_write_buffer_size():
-            # Only when the kernel did not take it all: most writes need no timer at all.
+        if w.must_drain:
+            # Only when the transport holds too much: most writes need no timer at all.
             async with asyncio.timeout(timeout):
                 await w.drain()
     except TimeoutError:
         raise UpstreamTimeout(
             f"the upstream did not take the request within {timeout:g}s"
         ) from None
-    except (ConnectionError, RuntimeError, ssl.SSLError) as exc:
+    except (OSError, RuntimeError) as exc:
         raise UpstreamUnavailable(
             f"the upstream connection failed while sending ({type(exc).__name__})"
         ) from None
@@ -249,9 +250,19 @@ async def read_response_head(
     reader = HeadReader(request=False)
     received = False
     pending = b""
+    stream = conn.stream
     while True:
-        data = pending or await read_upstream(conn, timeout, "response")
-        pending = b""
+        if pending:
+            data, pending = pending, b""
+        elif timeout is None:
+            try:
+                data = await stream.read()  # read_upstream without a timer, one frame less
+            except OSError as exc:
+                raise UpstreamUnavailable(
+                    f"the upstream connection failed ({type(exc).__name__})"
+                ) from None
+        else:
+            data = await read_upstream(conn, timeout, "response")
         if not data:
             raise UpstreamClosed(
                 "the upstream closed the connection without a complete response",

@@ -27,9 +27,14 @@ def end_to_end(
     fields: Fields, names: tuple[str, ...], *, drop: Iterable[str] = ()
 ) -> list[tuple[str, str]]:
     """``fields`` without the hop-by-hop ones: :data:`HOP_BY_HOP`, every ``Proxy-*`` field,
-    every field the Connection header names, and the lower-case names in ``drop``."""
-    listed = {t for i, n in enumerate(names) if n == "connection" for t in tokens(fields[i][1])}
-    removed = HOP_BY_HOP | listed | set(drop)
+    every field the Connection header names, and the lower-case names in ``drop`` (a
+    frozenset is used as it is)."""
+    removed = drop if isinstance(drop, frozenset) else frozenset(drop)
+    if "connection" in names:
+        listed = {t for i, n in enumerate(names) if n == "connection" for t in tokens(fields[i][1])}
+        removed = removed | listed
     return [
-        fields[i] for i, n in enumerate(names) if n not in removed and not n.startswith("proxy-")
+        f
+        for n, f in zip(names, fields, strict=True)
+        if n not in HOP_BY_HOP and n not in removed and not n.startswith("proxy-")
     ]

@@ -60,16 +60,18 @@ _FIELD_STR: Final = (
     r"((?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?)"
     r"[ \t]*\r\n"
 )
-# The same field line on the latin-1 text of a whole header section, with its CRLF.
-_FIELD_BLOCK: Final = re.compile(f"(?:{_FIELD_STR})*")
-_FIELD_PAIRS: Final = re.compile(_FIELD_STR)
+# The same field line on the latin-1 text of a whole header section, with its CRLF, anchored at
+# the start of a line: one ``findall`` splits a section and, with a count of its lines, checks it.
+_FIELD_LINES: Final = re.compile("^" + _FIELD_STR, re.MULTILINE)
 # RFC 9112 §3: request-line = method SP request-target SP HTTP-version, single spaces. The target
 # is checked in detail by callgate.protocols.http.target; here: visible ASCII only.
-_REQUEST_LINE: Final = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
+_REQUEST_LINE: Final = re.compile(
+    "(" + _TOKEN.decode("ascii") + r") ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])"
+)
 # RFC 9112 §4: status-line = HTTP-version SP status-code SP [ reason-phrase ]. Some servers leave
 # out the SP before an empty reason; that is accepted (the reason is ignored anyway).
 _STATUS_LINE: Final = re.compile(
-    rb"HTTP/([0-9])\.([0-9]) ([1-9][0-9]{2})(?: ([\t\x20-\x7e\x80-\xff]*))?"
+    r"HTTP/([0-9])\.([0-9]) ([1-9][0-9]{2})(?: ([\t\x20-\x7e\x80-\xff]*))?"
 )
 _HOST: Final = re.compile(
     r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?", re.ASCII
@@ -230,20 +232,25 @@ class HeadReader:
 # --- parsing --------------------------------------------------------------------------------------
 
 
-def _fields(block: bytes, *, request: bool, limit: int) -> tuple[Fields, tuple[str, ...]]:
-    """The field lines of a head: ``block`` is every line with its CRLF (the empty line not
-    included). Checked and split by two regex passes over the whole block (no per-line Python
-    loop); only a block that fails is looked at line by line, to say what is wrong."""
-    text = block.decode("latin-1")
-    if not _FIELD_BLOCK.fullmatch(text):
+def _fields(text: str, *, request: bool, limit: int) -> tuple[Fields, tuple[str, ...]]:
+    """The field lines of a head: ``text`` is every line with its CRLF (the empty line not
+    included), decoded as latin-1. Checked and split by one regex pass over the whole block (no
+    per-line Python loop); only a block that fails is looked at line by line, to say what is
+    wrong.
+
+    Why one pass is enough: a match starts at the start of a line (``^``) and can hold no CR or
+    LF before the CRLF that ends it, so each match is exactly one whole line. The block ends in
+    CRLF, so it has as many lines as LFs; as many matches as LFs means every line is a valid
+    field line (and no CR or LF stands anywhere else)."""
+    pairs: list[tuple[str, str]] = _FIELD_LINES.findall(text)
+    if len(pairs) != text.count("\n"):
         err: type[HttpRequestError] | type[HttpResponseError] = (
             HttpRequestError if request else HttpResponseError
         )
-        for line in block[:-2].split(b"\r\n"):
+        for line in text[:-2].encode("latin-1").split(b"\r\n"):
             if not _FIELD_LINE.fullmatch(line):
                 raise err(_field_problem(line, request=request))
         raise err("malformed header section")  # pragma: no cover - a line fails above
-    pairs: list[tuple[str, str]] = _FIELD_PAIRS.findall(text)
     if len(pairs) > limit:
         if request:
             raise HeadTooLarge(f"more than {limit} header fields")
@@ -271,10 +278,12 @@ def _field_problem(line: bytes, *, request: bool) -> str:
     return f"{who} header field value contains a control character"
 
 
-def _start_line(head: bytes) -> tuple[bytes, bytes]:
-    """The start line and the field lines (each with its CRLF) of a head ending in CRLFCRLF."""
-    end = head.find(b"\r\n")
-    return head[:end], head[end + 2 : -2]
+def _start_line(head: bytes) -> tuple[str, str]:
+    """The start line and the field lines (each with its CRLF) of a head ending in CRLFCRLF,
+    decoded as latin-1 (one byte, one character: patterns see exactly the bytes sent)."""
+    text = head.decode("latin-1")
+    end = text.find("\r\n")
+    return text[:end], text[end + 2 : -2]
 
 
 def parse_request_head(head: bytes) -> RequestHead:
@@ -284,15 +293,15 @@ def parse_request_head(head: bytes) -> RequestHead:
         raise TargetTooLong(f"request line longer than {MAX_REQUEST_LINE} bytes")
     m = _REQUEST_LINE.fullmatch(line)
     if m is None:
-        raise HttpRequestError(_request_line_problem(line))
-    major, minor = int(m.group(3)), int(m.group(4))
-    if major != 1:
+        raise HttpRequestError(_request_line_problem(line.encode("latin-1")))
+    method, target, major, minor = m.groups()
+    if major != "1":
         raise VersionNotSupported(f"HTTP/{major}.{minor} is not supported; use HTTP/1.1")
     fields, names = _fields(block, request=True, limit=MAX_HEADER_FIELDS)
     head_ = RequestHead(
-        method=m.group(1).decode("ascii"),
-        target=m.group(2).decode("ascii"),
-        version=(1, 1) if minor >= 1 else (1, 0),
+        method=method,
+        target=target,
+        version=(1, 0) if minor == "0" else (1, 1),
         fields=fields,
         names=names,
     )
@@ -333,14 +342,14 @@ def parse_response_head(head: bytes) -> ResponseHead:
     m = _STATUS_LINE.fullmatch(line)
     if m is None:
         raise HttpResponseError("upstream sent a malformed status line")
-    major, minor = int(m.group(1)), int(m.group(2))
-    if major != 1:
+    major, minor, status, reason = m.groups()
+    if major != "1":
         raise HttpResponseError(f"upstream answered with HTTP/{major}.{minor}")
     fields, names = _fields(block, request=False, limit=MAX_RESPONSE_HEADER_FIELDS)
     return ResponseHead(
-        status=int(m.group(3)),
-        reason=(m.group(4) or b"").decode("latin-1"),
-        version=(1, 1) if minor >= 1 else (1, 0),
+        status=int(status),
+        reason=reason or "",
+        version=(1, 0) if minor == "0" else (1, 1),
         fields=fields,
         names=names,
     )

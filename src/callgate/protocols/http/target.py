@@ -15,8 +15,11 @@ from urllib.parse import unquote
 
 from callgate.protocols.http.errors import HttpRequestError, UnsupportedRequest
 
-# RFC 3986 §3.3: path = *( "/" segment ), pchar = unreserved / pct-encoded / sub-delims / ":" / "@"
-_PATH: Final = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*", re.ASCII)
+# RFC 3986 §3.3: path = *( "/" segment ), pchar = unreserved / pct-encoded / sub-delims / ":" / "@".
+# Written as "the allowed characters and %" plus "every % starts a pct-encoded triplet" (the same
+# language as ``/(?:[chars]|%HH)*``, matched without a branch per character).
+_PATH: Final = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*", re.ASCII)
+_BAD_ESCAPE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})", re.ASCII)
 # The query is recorded and forwarded as sent; it only must not hold a fragment or be ambiguous.
 _QUERY: Final = re.compile(r"[\x21-\x22\x24-\x7e]*", re.ASCII)
 _ABSOLUTE: Final = re.compile(r"(?i)(https?)://([^/?#]+)(.*)", re.ASCII)
@@ -81,7 +84,7 @@ def parse_target(method: str, target: str) -> Target:
     if "#" in target:
         raise HttpRequestError("request target must not contain a fragment")
     path, sep, query = target.partition("?")
-    if not _PATH.fullmatch(path):
+    if not _PATH.fullmatch(path) or ("%" in path and _BAD_ESCAPE.search(path)):
         raise HttpRequestError("request path contains characters that must be percent-encoded")
     if sep and not _QUERY.fullmatch(query):
         raise HttpRequestError("request query contains invalid characters")
@@ -94,7 +97,7 @@ def has_dot_segments(path: str) -> bool:
     """True when ``path`` holds a ``.`` or ``..`` segment as sent or once percent-decoded (with
     ``\\`` read as ``/``, as some servers do): an upstream that normalises it would see another
     path than the policy judged."""
-    if _dot_segment(path):
+    if "." in path and _dot_segment(path):
         return True
     if "%" not in path and "\\" not in path:
         return False
