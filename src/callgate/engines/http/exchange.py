@@ -27,7 +27,9 @@ from callgate.engines.http.upstream import (
     UpstreamConnection,
     UpstreamPool,
     UpstreamTimeout,
+    drain_upstream,
     read_response_head,
+    send_upstream,
     write_upstream,
 )
 from callgate.errors import (
@@ -40,6 +42,7 @@ from callgate.errors import (
 )
 from callgate.masking.http import HttpMaskPlan
 from callgate.model import Decision, HttpRequest, Principal, Verdict
+from callgate.policy.http import HttpRuleSet
 from callgate.protocols.http import (
     LAST_CHUNK,
     RequestHead,
@@ -129,13 +132,18 @@ class Exchange:
         status = 0
         error: str | None = None
         try:
+            rules = self.listener.services.policy.http_rules_for(
+                self.principal, self.conn.name, self.audited.grant_policies
+            )
             try:
-                decision = await self._decide(injector)
+                if self._needs_body(injector, rules):
+                    await self._buffer_body()
             except BodyTooLarge as exc:
                 # Recorded as a refusal, then answered with the 413 itself.
                 refused = Decision(Verdict.DENY, (), exc.message)
                 seq = await recorder.request(self._as_recorded(plan), refused)
                 raise
+            decision = rules.decide(self.request)  # per request (cached per method and path)
             seq = await recorder.request(self._as_recorded(plan), decision)
             if decision.verdict is Verdict.DENY:
                 raise StatementDenied(decision.reason or "denied by policy")
@@ -224,15 +232,14 @@ class Exchange:
             return replace(self.request, query=plan.mask_query(query), body=None)
         return replace(self.request, body=None) if self.request.body is not None else self.request
 
-    async def _decide(self, injector: Injector | None) -> Decision:
-        policy = self.listener.services.policy
-        grants = self.audited.grant_policies
-        needs_body = (injector is not None and injector.needs_body) or policy.needs_request_body(
-            self.principal, self.conn.name, self.request.method, self.request.path, grants=grants
-        )
-        if needs_body and not self.body.empty:
-            await self._buffer_body()
-        return policy.decide_http(self.principal, self.conn.name, self.request, grants=grants)
+    def _needs_body(self, injector: Injector | None, rules: HttpRuleSet) -> bool:
+        """The body must be buffered before deciding or forwarding: a policy rule with ``json``
+        conditions may apply, or the injector signs it."""
+        if self.body.empty:
+            return False
+        if injector is not None and injector.needs_body:
+            return True
+        return rules.needs_body(self.request.method, self.request.path)
 
     async def _buffer_body(self) -> None:
         data = await self.body.read_all(self.listener.max_inspected)
@@ -379,15 +386,29 @@ class Exchange:
         if streamed:
             await self.body.prefetch()
         replayable = not streamed and outgoing.method in IDEMPOTENT
+        session = self.session
         for attempt in (0, 1):
-            up = await pool.acquire(fresh=attempt > 0)
+            up = (pool.reuse() if attempt == 0 else None) or await pool.acquire(fresh=True)
             try:
                 if streamed:
                     resp, leftover = await self._send_streaming(up, pool, head_bytes, chunked)
-                else:
-                    data = [head_bytes, outgoing.body] if outgoing.body else head_bytes
-                    await write_upstream(up, data, pool.write_timeout)
-                    resp, leftover = await self._answer(up, pool.read_timeout)
+                    return up, resp, leftover
+                data = [head_bytes, outgoing.body] if outgoing.body else head_bytes
+                if send_upstream(up, data):
+                    await drain_upstream(up, pool.write_timeout)
+                # The answer is due within the read timeout: the listener's watchdog holds it
+                # (no timer of its own), aborting the connection when it runs out.
+                session.watch_upstream(up, pool.read_timeout)
+                try:
+                    resp, leftover, _ = await read_response_head(up, None)
+                except UpstreamUnavailable:
+                    if up.timed_out:
+                        raise UpstreamTimeout(
+                            f"the upstream sent no response within {pool.read_timeout:g}s"
+                        ) from None
+                    raise
+                finally:
+                    session.unwatch_upstream()
                 return up, resp, leftover
             except UpstreamTimeout:
                 up.close()
@@ -405,25 +426,6 @@ class Exchange:
         raise InternalError(
             "unreachable: the retry loop always returns or raises"
         )  # pragma: no cover
-
-    async def _answer(
-        self,
-        up: UpstreamConnection,
-        timeout: float,  # noqa: ASYNC109 - enforced by the listener's watchdog
-    ) -> tuple[ResponseHead, bytes]:
-        """The response head, within ``timeout`` (no timer of its own: the watchdog)."""
-        self.session.watch_upstream(up, timeout)
-        try:
-            resp, leftover, _ = await read_response_head(up, None)
-        except UpstreamUnavailable:
-            if up.timed_out:
-                raise UpstreamTimeout(
-                    f"the upstream sent no response within {timeout:g}s"
-                ) from None
-            raise
-        finally:
-            self.session.unwatch_upstream()
-        return resp, leftover
 
     async def _send_streaming(
         self, up: UpstreamConnection, pool: UpstreamPool, head_bytes: bytes, chunked: bool

@@ -104,6 +104,11 @@ class ResponseRelay:
     # --- writing to the caller ----------------------------------------------------------------
 
     async def _write(self, data: bytes | list[bytes]) -> None:
+        if self._send(data):
+            await self._drain()
+
+    def _send(self, data: bytes | list[bytes]) -> bool:
+        """Write without waiting; True when :meth:`_drain` must be awaited before more."""
         w = self.client
         try:
             if isinstance(data, bytes):
@@ -116,9 +121,16 @@ class ResponseRelay:
                 else:
                     w.transport.writelines(data)  # a big chunk is not copied to add its size line
                 self.sent += size
-            if w.must_drain:
-                async with asyncio.timeout(CLIENT_WRITE_TIMEOUT):
-                    await w.drain()
+        except (OSError, RuntimeError) as exc:
+            raise ClientGone(f"the caller's connection failed ({type(exc).__name__})") from None
+        return w.must_drain
+
+    async def _drain(self) -> None:
+        """Wait until the caller takes more (back-pressure), for at most
+        :data:`CLIENT_WRITE_TIMEOUT`."""
+        try:
+            async with asyncio.timeout(CLIENT_WRITE_TIMEOUT):
+                await self.client.drain()
         except TimeoutError:
             raise ClientGone(f"the caller read nothing for {CLIENT_WRITE_TIMEOUT:g}s") from None
         except (OSError, RuntimeError) as exc:
@@ -204,6 +216,9 @@ class ResponseRelay:
             inspect = mode == "buffer"
         if inspect:
             await self._masked(fields, first, content_type, resp.get("content-encoding"))
+        elif not first and isinstance(framing, Length) and len(self._pending) >= framing.length:
+            if self._send_whole(fields, framing):
+                await self._drain()
         else:
             await self._streamed(fields, first, framing)
         return (
@@ -253,6 +268,21 @@ class ResponseRelay:
         self._delivered(masked)
         await self._write(self._head(fields) + masked)
 
+    def _send_whole(self, fields: list[tuple[str, str]], framing: Length) -> bool:
+        """The whole body came with the head (most small responses): head and body leave in
+        one write, without streaming steps. Nothing is held back for a secret straddling two
+        reads: the body is searched whole. Returns :meth:`_send`'s answer."""
+        reader = self._reader
+        assert reader is not None
+        fields.append(("Content-Length", str(framing.length)))
+        head = self._head(fields)
+        pending, self._pending = self._pending, b""
+        body = self.scrubber.whole(reader.feed(pending))
+        if reader.leftover:
+            self._extra = True  # bytes after the response: the connection is out of step
+        self._delivered(body)
+        return self._send(head + body)
+
     async def _streamed(self, fields: list[tuple[str, str]], first: bytes, framing: object) -> None:
         chunked = False
         if isinstance(framing, Length):
@@ -264,20 +294,6 @@ class ResponseRelay:
             self.close_delimited = True  # an HTTP/1.0 caller reads to the end of the connection
         scrubber = self.scrubber
         head = self._head(fields)
-        pending = self._pending
-        if not first and isinstance(framing, Length) and len(pending) >= framing.length:
-            # The whole body came with the head (most small responses): one write, no
-            # streaming steps. Nothing is held back for a secret straddling reads: the body is
-            # searched whole.
-            reader = self._reader
-            assert reader is not None
-            self._pending = b""
-            body = scrubber.whole(reader.feed(pending))
-            if reader.leftover:
-                self._extra = True  # bytes after the response: the connection is out of step
-            self._delivered(body)
-            await self._write(head + body)
-            return
         pending_head: bytes | None = head
         small = isinstance(framing, Length) and framing.length <= JOIN_BELOW
         if not first and not self._pending and not small:

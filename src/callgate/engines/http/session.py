@@ -120,6 +120,9 @@ class HttpSession:
         #: an error was answered with Connection: close: drain before closing
         self._linger = False
         self._audits: dict[tuple[str, str | None, str | None, str, str], Audited] = {}
+        #: the caller, connection and recorded session of the last request (the next one is
+        #: nearly always the same caller on the same connection)
+        self._last_audited: tuple[Principal, ConnectionConfig, Audited] | None = None
         self.task: asyncio.Task[None] | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -167,6 +170,7 @@ class HttpSession:
             except CallgateError as exc:
                 log.error("could not record the end of session %s: %s", audited.info.id, exc)
         self._audits.clear()
+        self._last_audited = None
         self._credentials.clear()
 
     async def _read_head(self) -> bytes | None:
@@ -299,7 +303,9 @@ class HttpSession:
         try:
             principal = self._known_caller(head) or await self.authenticate(head)
             conn, path = self.route(head, target)
-            audited = await self.audited(principal, conn, head)
+            audited = self._still_audited(principal, conn) or await self.audited(
+                principal, conn, head
+            )
         except CallgateError as exc:
             # Only a body never read lets the connection go on: its bytes would be read as the
             # next request otherwise. Close instead.
@@ -426,6 +432,20 @@ class HttpSession:
             raise UnknownConnection(f'connection "{shown}" does not exist')
         return conn, path
 
+    def _still_audited(self, principal: Principal, conn: ConnectionConfig) -> Audited | None:
+        """The recorded session of the previous request when this one is by the same caller
+        (the same verified principal) on the same connection and the checks
+        :meth:`audited` made still hold; else ``None`` and :meth:`audited` decides."""
+        last = self._last_audited
+        if last is None or last[0] is not principal or last[1] is not conn:
+            return None
+        audited = last[2]
+        if time.monotonic() - audited.checked_at >= GRANT_RECHECK:
+            return None
+        if not audited.grants and audited.connect_version != self.listener.services.policy.version:
+            return None
+        return audited
+
     async def audited(
         self, principal: Principal, conn: ConnectionConfig, head: RequestHead
     ) -> Audited:
@@ -450,6 +470,7 @@ class HttpSession:
             and now - audited.checked_at < GRANT_RECHECK
             and (audited.grants or audited.connect_version == version)
         ):
+            self._last_audited = (principal, conn, audited)
             return audited
         grants: tuple[Grant, ...] = ()
         if services.approvals is not None:
@@ -464,6 +485,7 @@ class HttpSession:
             audited.grants = grants
             audited.grant_policies = tuple(sorted({g.policy for g in grants}))
             audited.checked_at = now
+            self._last_audited = (principal, conn, audited)
             return audited
         info = SessionInfo(
             id=uuid.uuid4().hex,
@@ -485,6 +507,7 @@ class HttpSession:
             connect_version=version,
         )
         self._audits[key] = audited
+        self._last_audited = (principal, conn, audited)
         log.info(
             "session %s: %s (%s) → %s over HTTP from %s",
             info.id,

@@ -133,16 +133,21 @@ class UpstreamPool:
 
     async def acquire(self, *, fresh: bool = False) -> UpstreamConnection:
         """An idle connection if one is usable (unless ``fresh``), else a new one."""
-        if not fresh:
-            now = time.monotonic()
-            idle = self._idle
-            while idle:
-                conn = idle.pop()  # the most recently used is the least likely to be stale
-                if now - conn.idle_since < POOL_IDLE_SECONDS and conn.usable:
-                    conn.reused = True
-                    return conn
-                conn.close()
-        return await self._connect()
+        return (None if fresh else self.reuse()) or await self._connect()
+
+    def reuse(self) -> UpstreamConnection | None:
+        """An idle connection that is still usable, if there is one (without waiting)."""
+        idle = self._idle
+        if not idle:
+            return None
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()  # the most recently used is the least likely to be stale
+            if now - conn.idle_since < POOL_IDLE_SECONDS and conn.usable:
+                conn.reused = True
+                return conn
+            conn.close()
+        return None
 
     def release(self, conn: UpstreamConnection, *, reusable: bool) -> None:
         if not reusable or self._closed or len(self._idle) >= POOL_MAX_IDLE or not conn.usable:
@@ -220,13 +225,29 @@ async def write_upstream(
     timeout: float,  # noqa: ASYNC109
 ) -> None:
     """Write, then wait until the transport takes more (back-pressure); UpstreamTimeout."""
+    if send_upstream(conn, data):
+        await drain_upstream(conn, timeout)
+
+
+def send_upstream(conn: UpstreamConnection, data: bytes | list[bytes]) -> bool:
+    """Write without waiting; True when the transport holds too much and
+    :func:`drain_upstream` must be awaited before writing more."""
     w = conn.stream
     try:
         w.write(data if isinstance(data, bytes) else b"".join(data))
-        if w.must_drain:
-            # Only when the transport holds too much: most writes need no timer at all.
-            async with asyncio.timeout(timeout):
-                await w.drain()
+    except (OSError, RuntimeError) as exc:
+        raise UpstreamUnavailable(
+            f"the upstream connection failed while sending ({type(exc).__name__})"
+        ) from None
+    return w.must_drain
+
+
+async def drain_upstream(conn: UpstreamConnection, timeout: float) -> None:  # noqa: ASYNC109
+    """Wait until the transport takes more (back-pressure), or UpstreamTimeout."""
+    try:
+        # Only when the transport holds too much: most writes need no timer at all.
+        async with asyncio.timeout(timeout):
+            await conn.stream.drain()
     except TimeoutError:
         raise UpstreamTimeout(
             f"the upstream did not take the request within {timeout:g}s"
