@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from callgate.masking.detectors import DETECTORS, DetectorSet, iban_valid, luhn_valid
+from callgate.masking.detectors import (
+    DETECTORS,
+    DetectorSet,
+    _find_emails,
+    email_spans,
+    iban_valid,
+    luhn_valid,
+)
 
 ALL = DetectorSet.compile(DETECTORS)
 
@@ -163,3 +170,85 @@ def test_flags_never_miss_a_hit(text: str) -> None:
     hits = ALL.find(text)
     if hits:
         assert ALL.flag(raw)
+
+
+# --- the triggers and the email finder --------------------------------------------------------
+
+
+hit_words = st.sampled_from(
+    [
+        "",
+        "note",
+        "é",
+        "bob@example.com",
+        "x..y@ex.org",
+        "4111 1111 1111 1111",
+        "6011000990139424124",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+        "DE89 3704 0044 0532 0130 00",
+        "123-45-6789",
+        "+44 20 7946 0958",
+        "(415) 555-2671",
+        "10.1.2.3",
+        "2001:db8::1",
+        "1:2:3:4:5:6:7:8",
+        "AKIAIOSFODNN7EXAMPLE",
+        "-----BEGIN PRIVATE KEY-----",
+        "sk_live_abcdefghijklmnop1234",
+        "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+        "0",
+        "-",
+    ]
+)
+
+
+def near_bytes(max_size: int, min_size: int = 0) -> st.SearchStrategy[bytes]:
+    """Bytes, mostly ones a trigger looks at (digits, separators, letters, @, dots)."""
+    likely = list(b"0123456789 -.:@_aZ") + [0, 0x80, 0xFF]
+    return st.lists(
+        st.one_of(st.sampled_from(likely), st.integers(0, 255)),
+        min_size=min_size,
+        max_size=max_size,
+    ).map(bytes)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    value=st.lists(hit_words, max_size=6).map(" ".join),
+    before=near_bytes(8),
+    low=near_bytes(3, min_size=3),
+    after=near_bytes(8),
+)
+def test_property_a_hit_keeps_its_flag_whatever_surrounds_its_value(
+    value: str, before: bytes, low: bytes, after: bytes
+) -> None:
+    """Any bytes before a value's length field (whose high byte is 0) and after the value: every
+    detector with a hit in the value still has a flag inside the field."""
+    raw = value.encode()
+    buf = before + b"\x00" + low + raw + after
+    field_start, field_end = len(before), len(before) + 4 + len(raw)
+    for name in DETECTORS:
+        single = DetectorSet.compile([name])
+        if single.find(value):
+            positions = single.positions(buf)
+            assert any(field_start <= p < field_end for p in positions), (name, buf)
+
+
+email_text = st.text(alphabet="ab.@-_x9 Z!+é日\u00a0", max_size=40)
+
+
+@settings(max_examples=500, deadline=None)
+@given(email_text)
+def test_property_the_byte_level_email_finder_agrees_with_the_text_one(text: str) -> None:
+    raw = text.encode()
+    expected = [
+        (len(text[:start].encode()), len(text[:end].encode()))
+        for start, end, _ in _find_emails(text)
+    ]
+    assert email_spans(raw) == expected
+
+
+def test_long_local_parts_are_read_back_256_characters() -> None:
+    text = "x" * 300 + "@example.com and " + "." * 3 + "y..z@b.org"
+    expected = [(s, e) for s, e, _ in _find_emails(text)]
+    assert email_spans(text.encode()) == expected == [(44, 312), (323, 330)]

@@ -153,86 +153,107 @@ _SEPARATORS: Final = b" -"
 #: a flag is ``position << TAG_BITS | detector index``: one int, cheap to sort and compare
 TAG_BITS: Final = 5
 TAG_MASK: Final = (1 << TAG_BITS) - 1
-#: flags kept per needle and value: one is enough to send a value to its detector; more only
-#: narrow down which columns hold hits
+#: flags kept per needle in one value (:meth:`DetectorSet.flag`): one is enough to send the value
+#: to its detector. Text holding many values (a batch of DataRows) is flagged without a limit, so
+#: that every value with a hit keeps a flag of its own.
 MAX_FLAGS: Final = 64
+NO_LIMIT: Final = 1 << 62
+
+# Every trigger is *monotone*: a flag for a hit inside a value is found, inside that value, in any
+# longer text that contains the value between bytes outside the detectors' alphabets (the high
+# byte of a length field, a NUL): triggers test no context outside the hit. That is what lets the
+# row rewriter flag a whole batch of DataRows at once (callgate.masking.rows).
 
 
-def _all(data: bytes, needle: bytes, out: list[int], tag: int) -> None:
-    """Flag every position of ``needle`` in ``data`` (at most :data:`MAX_FLAGS`)."""
+def _all(data: bytes, needle: bytes, out: list[int], cap: int) -> None:
+    """Every position of ``needle`` in ``data`` (at most ``cap``)."""
     pos = data.find(needle)
     count = 0
-    while pos >= 0 and count < MAX_FLAGS:
-        out.append(pos << TAG_BITS | tag)
+    while pos >= 0 and count < cap:
+        out.append(pos)
         count += 1
         pos = data.find(needle, pos + 1)
 
 
-#: ``locate(raw, out, tag)`` appends a flag for every position inside a possible hit
+#: ``locate(raw, out, cap)`` appends every position inside a possible hit it finds (at most
+#: ``cap`` per needle; with ``cap`` 1, at least one when there is any)
 Locate = Callable[[bytes, list[int], int], None]
 
 
 _LOCAL_END_RAW: Final = frozenset(
     b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.!#$%&'*+/=?^_`{|}~-"
 )
-_ALNUM_RAW: Final = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
-def _locate_email(raw: bytes, out: list[int], tag: int) -> None:
-    at = raw.find(b"@")
-    last = len(raw) - 1
-    while at >= 0:
-        if 0 < at < last and raw[at - 1] in _LOCAL_END_RAW and raw[at + 1] in _ALNUM_RAW:
-            out.append(at << TAG_BITS | tag)
-        at = raw.find(b"@", at + 1)
+#: an ``@`` between the last character of a local part and the first of a domain
+_EMAIL_AT: Final = re.compile(
+    rb"@(?<=[" + re.escape(bytes(sorted(_LOCAL_END_RAW))) + rb"]@)(?=[A-Za-z0-9])"
+)
+
+
+def _locate_email(raw: bytes, out: list[int], cap: int) -> None:
+    _matches(_EMAIL_AT, raw, out, cap)
 
 
 def _literals(*needles: bytes) -> Locate:
-    def locate(raw: bytes, out: list[int], tag: int) -> None:
+    def locate(raw: bytes, out: list[int], cap: int) -> None:
         for needle in needles:
             if needle in raw:
-                _all(raw, needle, out, tag)
+                _all(raw, needle, out, cap)
 
     return locate
 
 
 def _c1_literals(*needles: bytes) -> Locate:
-    def locate(raw: bytes, out: list[int], tag: int) -> None:
+    def locate(raw: bytes, out: list[int], cap: int) -> None:
         c1 = raw.translate(_C1)
         for needle in needles:
             if needle in c1:
-                _all(c1, needle, out, tag)
+                _all(c1, needle, out, cap)
 
     return locate
 
 
-def _locate_card(raw: bytes, out: list[int], tag: int) -> None:
+def _matches(pattern: re.Pattern[bytes], raw: bytes, out: list[int], cap: int) -> None:
+    if cap >= NO_LIMIT:
+        out += [m.start() for m in pattern.finditer(raw)]
+        return
+    for count, m in enumerate(pattern.finditer(raw)):
+        if count >= cap:
+            break
+        out.append(m.start())
+
+
+def _locate_card(raw: bytes, out: list[int], cap: int) -> None:
     if b"0000000000000" in raw.translate(_C1, _SEPARATORS):
-        out.extend(m.start() << TAG_BITS | tag for m in _CARD_BYTES.finditer(raw))
+        _matches(_CARD_BYTES, raw, out, cap)
 
 
-def _locate_ipv6(raw: bytes, out: list[int], tag: int) -> None:
+def _locate_ipv6(raw: bytes, out: list[int], cap: int) -> None:
     if b"::" in raw:
-        _all(raw, b"::", out, tag)
+        _all(raw, b"::", out, cap)
     if raw.count(b":") >= 7:
-        out.extend(m.start() << TAG_BITS | tag for m in _IPV6_FULL_BYTES.finditer(raw))
+        _matches(_IPV6_FULL_BYTES, raw, out, cap)
 
 
-def _locate_api_key(raw: bytes, out: list[int], tag: int) -> None:
+def _locate_api_key(raw: bytes, out: list[int], cap: int) -> None:
     if b"_" in raw:
         for needle in (b"k_live_", b"k_test_", b"gh", b"npm_", b"cgk_", b"cgt_"):
             if needle in raw:
-                _all(raw, needle, out, tag)
+                _all(raw, needle, out, cap)
     if b"-" in raw:
         for needle in (b"xox", b"sk-", b"glpat-"):
             if needle in raw:
-                _all(raw, needle, out, tag)
+                _all(raw, needle, out, cap)
     for needle in (b"AIza", b"SG."):
         if needle in raw:
-            _all(raw, needle, out, tag)
+            _all(raw, needle, out, cap)
 
 
-_CARD_BYTES: Final = re.compile(rb"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
+#: 13 or more digits (single spaces or dashes between them allowed). No lookaround: a digit just
+#: before or after a value (a length byte such as ``0x31``) must not hide a card inside it, so a
+#: longer run is flagged too and the detector's own pattern decides.
+_CARD_BYTES: Final = re.compile(rb"[0-9](?:[ -]?[0-9]){12,}")
 _IPV6_FULL_BYTES: Final = re.compile(rb"(?:[0-9A-Fa-f]{1,4}:){7}")
 
 
@@ -407,19 +428,34 @@ class DetectorSet:
         )
         return cls(chosen, compiled, tuple(d.locate for d, _ in compiled))
 
-    def flag(self, data: bytes) -> list[int]:
+    def flag(self, data: bytes, cap: int = MAX_FLAGS) -> list[int]:
         """Flags (``position << TAG_BITS | detector index``, sorted) for positions in ``data``
-        (UTF-8, or a whole DataRow body) inside possible hits. Empty when no detector can have a
-        hit anywhere in ``data``; every hit contains at least one flag of its detector."""
+        (UTF-8) inside possible hits. Empty when no detector can have a hit anywhere in
+        ``data``; every hit contains at least one flag of its detector, unless more than ``cap``
+        flags of one needle come before it (:data:`NO_LIMIT` when ``data`` holds many values
+        whose flags must all be kept)."""
         out: list[int] = []
         for tag, locate in enumerate(self.locators):
-            locate(data, out, tag)
+            found: list[int] = []
+            locate(data, found, cap)
+            if found:
+                out += [position << TAG_BITS | tag for position in found]
         if len(out) > 1:
             out.sort()
         return out
 
+    def positions(self, data: bytes) -> list[int]:
+        """For a set of one detector: :meth:`flag` without a limit, as plain positions."""
+        if len(self.locators) != 1:
+            raise ValueError("positions() is for a set of one detector")
+        found: list[int] = []
+        self.locators[0](data, found, NO_LIMIT)
+        if len(found) > 1:
+            found.sort()
+        return found
+
     def may_match(self, data: bytes) -> bool:
-        return bool(self.flag(data))
+        return bool(self.flag(data, 1))
 
     def find(self, text: str) -> list[Hit]:
         """Every hit in ``text``: sorted, non-overlapping ``(start, end, detector)`` spans."""
@@ -489,3 +525,97 @@ def _find_emails(text: str) -> list[Hit]:
                 continue
         at = text.find("@", at + 1)
     return hits
+
+
+#: Text translated for finding emails from their ``@``s (once for a whole batch of values): a
+#: letter becomes ``a``, a digit ``0``, ``-`` and ``.`` stay, the other characters a local part
+#: may hold become ``!`` and anything else (``@``, every byte of a multi-byte character) NUL. The
+#: local part before an ``@`` starts after the last NUL; what the domain pattern matches after
+#: it depends only on the translation up to the next NUL (these are the only distinctions the
+#: pattern makes, and it stops at ``!``).
+EMAIL_CLASSES: Final = bytes(
+    97
+    if 65 <= b <= 90 or 97 <= b <= 122
+    else 48
+    if 48 <= b <= 57
+    else b
+    if b in (45, 46)
+    else 33
+    if b in _LOCAL_END_RAW
+    else 0
+    for b in range(256)
+)
+#: the length of what :data:`_DOMAIN` matches after an ``@``, by the :data:`EMAIL_CLASSES`
+#: translation of what follows it up to the next NUL (a shape: label lengths, no letters); bounded
+_DOMAIN_SHAPES: Final[dict[bytes, int]] = {}
+_DOMAIN_SHAPES_MAX: Final = 4096
+_SHAPE_MAX: Final = 255
+_DOMAIN_BYTES: Final = re.compile(_DOMAIN.pattern.encode("ascii"))
+
+
+def email_spans(raw: bytes) -> list[tuple[int, int]]:
+    """The emails :func:`_find_emails` finds in ``raw.decode()``, as byte spans of ``raw``."""
+    ats = [m.start() for m in _EMAIL_AT.finditer(raw)]
+    if not ats:
+        return []
+    return email_spans_in(raw.translate(EMAIL_CLASSES), 0, len(raw), ats)
+
+
+def email_spans_in(
+    classes: bytes, start: int, end: int, ats: Iterable[int]
+) -> list[tuple[int, int]]:
+    """The emails :func:`_find_emails` finds in the value ``data[start:end].decode()``, as byte
+    spans of ``data``, where ``classes`` is ``data`` translated by :data:`EMAIL_CLASSES` (one
+    translation serves every value of a batch of rows); ``ats``: in
+    order, the positions of ``@`` in ``data[start:end]`` to look at, at least those the email
+    trigger flags (an ``@`` it does not flag has no local part or no domain).
+
+    The same walk as :func:`_find_emails`, on the UTF-8 bytes: every character an email is made
+    of is ASCII (one byte), and no byte of a multi-byte character is in any of the classes, so
+    the spans are the same characters. The value need not be valid UTF-8 (callers check that
+    where it matters)."""
+    spans: list[tuple[int, int]] = []
+    last_end = start
+    for at in ats:
+        if last_end <= at < end:
+            span = email_at(classes, last_end, end, at)
+            if span is not None:
+                spans.append(span)
+                last_end = span[1]
+    return spans
+
+
+def email_at(classes: bytes, start: int, end: int, at: int) -> tuple[int, int] | None:
+    """The email around the ``@`` at ``at``, if there is one, in a value that ends at ``end``,
+    whose local part starts at ``start`` at the earliest (the value's start, or the end of the
+    email before); ``classes``: the translation, as for :func:`email_spans_in`."""
+    lo = at - 256
+    if lo < start:
+        lo = start
+    first = classes.rfind(b"\0", lo, at) + 1  # the local part: the run of its bytes before @
+    if first < lo:
+        first = lo
+    if first >= at:
+        return None
+    cut = classes.rfind(b"..", first, at)  # dot-atom: keep what follows the last ".."
+    if cut >= 0:
+        first = cut + 2
+    while first < at and classes[first] == 46:  # and no leading dot
+        first += 1
+    if first >= at:
+        return None
+    stop = classes.find(b"\0", at + 1, end)  # what the domain pattern may look at
+    if stop < 0:
+        stop = end
+    shape = classes[at + 1 : stop]
+    length = _DOMAIN_SHAPES.get(shape)
+    if length is None:
+        found = _DOMAIN_BYTES.match(shape)
+        length = found.end() if found is not None else 0
+        if len(shape) <= _SHAPE_MAX:
+            if len(_DOMAIN_SHAPES) >= _DOMAIN_SHAPES_MAX:
+                _DOMAIN_SHAPES.clear()
+            _DOMAIN_SHAPES[shape] = length
+    if not length:
+        return None
+    return first, at + 1 + length

@@ -10,6 +10,15 @@ Given a :class:`RowDescription` and what must be masked in each column (built by
   and that many bytes): columns are skipped by their length; only masked columns — and, when
   detectors apply, columns whose bytes the detectors' prefilter flags — are decoded.
 
+DataRows are rewritten a run at a time (:meth:`RowRewriter.rewrite_rows`, all the whole DataRows
+of what the upstream sent): the detectors' prefilter runs once over the run's bytes, and its
+flags (byte positions) are handed to the columns they fall in while the rows are walked, in
+place, in the buffer they arrived in. The prefilter looks at nothing outside a possible hit, and
+the high byte of a value's length field (0 below 16 MiB) is a byte no trigger looks through, so a
+hit's flag always lies inside its own value (or that value's length field); longer values are
+scanned whatever the flags say. Email hits (the common detector) are found on the value's bytes
+(:func:`~callgate.masking.detectors.email_spans`) without decoding it.
+
 Format codes (§55.2.3): text values are UTF-8 text (callgate requires ``client_encoding`` UTF8
 from the upstream). Binary values of text-like types (text, varchar, bpchar, name, unknown, json,
 xml) are the same UTF-8 bytes, ``jsonb`` is a version byte 1 and its text; they are rewritten in
@@ -29,17 +38,33 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Final
 
-from callgate.masking.detectors import TAG_BITS, TAG_MASK, DetectorSet, Hit
+from callgate.masking.detectors import (
+    EMAIL_CLASSES,
+    NO_LIMIT,
+    TAG_BITS,
+    TAG_MASK,
+    DetectorSet,
+    Hit,
+    email_at,
+    email_spans_in,
+)
 from callgate.masking.errors import MaskingFailed
 from callgate.masking.styles import REDACTED, Style, replace_hits
 
 _I16: Final = struct.Struct("!h")
 _I32: Final = struct.Struct("!i")
+_I64: Final = struct.Struct("!q")
 _LEN: Final = struct.Struct("!I")
 _HEADER: Final = struct.Struct("!BI")
 _FIELD: Final = struct.Struct("!ihihih")  # table oid, attnum, type oid, typlen, typmod, format
 NULL_FIELD: Final = b"\xff\xff\xff\xff"
 _NO_FLAGS: Final[list[int]] = []
+#: values (and rows) this long or longer are scanned by every detector, flags or not: the high byte
+#: of a shorter value's length field is 0, a byte no trigger looks through, which is what keeps a
+#: flag for a hit inside its own value when a whole batch of rows is flagged at once
+_LARGE: Final = 1 << 24
+#: a position past any buffer
+_NOWHERE: Final = 1 << 62
 
 TEXT_OID: Final = 25
 JSON_OID: Final = 114
@@ -108,11 +133,14 @@ SCAN_NEVER: Final = 0
 SCAN_FLAGGED: Final = 1  # when the prefilter flags bytes inside the value
 SCAN_ALWAYS: Final = 2  # the prefilter cannot see the digits (binary int8/numeric)
 
-# what the DataRow loop does with a column
+# what the DataRow loop does with a column (the loop spells them as literals)
 _OP_PASS: Final = 0
-_OP_WHOLE: Final = 1  # a column rule: the whole value
-_OP_FLAGGED: Final = 2  # detectors, where the prefilter flagged the value
-_OP_ALWAYS: Final = 3  # detectors, always
+_OP_CONSTANT: Final = 1  # a column rule whose masked field is a constant
+_OP_WHOLE: Final = 2  # a column rule whose masked field is a function of the value
+_OP_PARTIAL: Final = 3  # a column rule in style partial (ASCII values inline, else _OP_WHOLE)
+_OP_ALWAYS: Final = 4  # detectors, always
+_OP_EMAIL: Final = 5  # a text value, the email detector the only one: where it flagged @
+_OP_FLAGGED: Final = 6  # detectors, where the prefilter flagged the value
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +272,31 @@ class RowRewriter:
     #: bytes) as a constant or as a function of the value's bytes, compiled once per result
     _ops: tuple[int, ...] = field(init=False)
     _whole: tuple[bytes | Callable[[bytes], bytes] | None, ...] = field(init=False)
+    #: the same split by kind, for the loop: the constant fields (``b""`` elsewhere) and the
+    #: functions (:func:`_unchanged` elsewhere)
+    _constant: tuple[bytes, ...] = field(init=False)
+    _function: tuple[Callable[[bytes], bytes], ...] = field(init=False)
+    #: ``(index, op)`` of the columns walked in a row with flags (up to the last one not passed
+    #: through), and in a row without (up to the last column rule)
+    _walk_flagged: tuple[tuple[int, int], ...] = field(init=False)
+    _walk_static: tuple[tuple[int, int], ...] = field(init=False)
+    #: the column count as a DataRow starts with it
+    _count: bytes = field(init=False)
+    #: per column: the email fast path applies (a text value)
+    _text: tuple[bool, ...] = field(init=False)
+    #: every detector, as the bit set of ``rewrite_rows`` (bit ``i``: detector ``i``)
+    _all_bits: int = field(init=False)
+    #: the index and bit of the email detector (-1 and 0: not chosen), and its hits'
+    #: replacement when that is a constant
+    _email_tag: int = field(init=False)
+    _email_bit: int = field(init=False)
+    _email_hit: bytes | None = field(init=False)
+    #: per column in style partial: by value length, the new field's length and stars and where
+    #: the kept tail starts (filled as lengths are seen), and ``keep``
+    _partial: tuple[dict[int, tuple[bytes, int]], ...] = field(init=False)
+    _keep: tuple[int, ...] = field(init=False)
+    #: per column: the value kind (``K_*``), -1 when passed through
+    _kinds: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         cols = self.columns
@@ -280,24 +333,58 @@ class RowRewriter:
             set(range(len(self.detectors.names))) if self.detectors is not None else set(),
         )
         setattr_(self, "is_noop", not any(masked) and not any(scanned))
+        whole = tuple(
+            _whole_masker(c.style, c.kind) if c is not None and c.style is not None else None
+            for c in cols
+        )
+        names = self.detectors.names if self.detectors is not None else ()
         ops = []
-        for c in cols:
+        for c, w in zip(cols, whole, strict=True):
             if c is None:
                 ops.append(_OP_PASS)
             elif c.style is not None:
-                ops.append(_OP_WHOLE)
+                if isinstance(w, bytes):
+                    ops.append(_OP_CONSTANT)
+                elif c.style.name == "partial" and c.kind != K_JSONB_BIN:
+                    ops.append(_OP_PARTIAL)
+                else:
+                    ops.append(_OP_WHOLE)
             elif self.detectors is None or c.scan == SCAN_NEVER:
                 ops.append(_OP_PASS)
+            elif c.scan == SCAN_ALWAYS:
+                ops.append(_OP_ALWAYS)
+            elif names == ("email",) and c.kind == K_TEXT:
+                ops.append(_OP_EMAIL)
             else:
-                ops.append(_OP_ALWAYS if c.scan == SCAN_ALWAYS else _OP_FLAGGED)
+                ops.append(_OP_FLAGGED)
+        setattr_(self, "_partial", tuple({} for _ in ops))
+        setattr_(
+            self, "_keep", tuple(c.style.keep if c is not None and c.style else 0 for c in cols)
+        )
         setattr_(self, "_ops", tuple(ops))
+        setattr_(self, "_whole", whole)
+        setattr_(self, "_constant", tuple(w if isinstance(w, bytes) else b"" for w in whole))
         setattr_(
             self,
-            "_whole",
-            tuple(
-                _whole_masker(c.style, c.kind) if c is not None and c.style is not None else None
-                for c in cols
-            ),
+            "_function",
+            tuple(w if w is not None and not isinstance(w, bytes) else _unchanged for w in whole),
+        )
+        walk = tuple(enumerate(ops))
+        setattr_(self, "_walk_flagged", walk[: max((i + 1 for i, op in walk if op), default=0)])
+        setattr_(self, "_walk_static", walk[: static[-1] + 1 if static else 0])
+        setattr_(self, "_count", _I16.pack(len(cols)))
+        setattr_(self, "_text", tuple(c is not None and c.kind == K_TEXT for c in cols))
+        setattr_(self, "_kinds", tuple(c.kind if c is not None else -1 for c in cols))
+        setattr_(self, "_all_bits", (1 << len(names)) - 1)
+        setattr_(self, "_email_tag", names.index("email") if "email" in names else -1)
+        setattr_(self, "_email_bit", 1 << self._email_tag if "email" in names else 0)
+        email_style = self.detector_styles.get("email")
+        setattr_(
+            self,
+            "_email_hit",
+            REDACTED.encode("ascii")
+            if email_style is not None and email_style.name == "redact"
+            else None,
         )
 
     # -- RowDescription -----------------------------------------------------------------------
@@ -317,120 +404,273 @@ class RowRewriter:
     # -- DataRow ------------------------------------------------------------------------------
 
     def rewrite_data_row(self, body: bytes) -> bytes:
-        """The DataRow body to send the client; ``body`` itself when nothing in it changes."""
+        """The DataRow body to send the client; ``body`` itself when nothing in it changes.
+
+        One row through :meth:`rewrite_rows` (the engine hands over whole runs of rows)."""
         if self.is_noop:
             return body
-        flagger = self._flagger
-        flags = flagger.flag(body) if flagger is not None else _NO_FLAGS
-        ops = self._ops
-        ncols = len(ops)
-        always = self._always_scan
-        last_static = self._last_static
-        if flags or always:
-            stop = ncols
-        else:
-            stop = last_static + 1
-            if stop == 0:
-                return body
-        n = len(body)
-        if n < 2 or ((body[0] << 8) | body[1]) != ncols:
-            raise MaskingFailed("a data row does not match its row description")
-        unpack = _I32.unpack_from
-        whole = self._whole
-        counts = self.counts
-        pos = 2
-        last = 0
-        out: list[bytes] | None = None
-        fi = 0
-        nflags = len(flags)
-        try:
-            for i in range(stop):
-                length = unpack(body, pos)[0]
-                start = pos + 4
-                if length < 0:
-                    if length != -1:
-                        raise MaskingFailed("invalid value length in data row")
-                    pos = start  # NULL stays NULL
-                    continue
-                end = start + length
-                if end > n:
-                    raise MaskingFailed("truncated data row")
-                op = ops[i]
-                if op == _OP_PASS:
-                    pos = end
-                    continue
-                new: bytes | None
-                if op == _OP_WHOLE:
-                    w = whole[i]
-                    new = w if isinstance(w, bytes) else w(body[start:end])  # type: ignore[misc]
-                else:
-                    which: set[int] | None = None
-                    if op == _OP_FLAGGED:
-                        if fi < nflags:
-                            # A flag in this column's length field belongs to a hit that starts
-                            # there and runs into the value.
-                            low = pos << TAG_BITS
-                            while fi < nflags and flags[fi] < low:
-                                fi += 1
-                            high = end << TAG_BITS
-                            while fi < nflags and flags[fi] < high:
-                                if which is None:
-                                    which = set()
-                                which.add(flags[fi] & TAG_MASK)
-                                fi += 1
-                    else:
-                        which = self._all_detectors
-                    col = self.columns[i]
-                    new = (
-                        self._mask(col, body[start:end], which)
-                        if which is not None and col is not None
-                        else None
-                    )
-                if new is not None:
-                    if out is None:
-                        out = []
-                    out.append(body[last:pos])
-                    out.append(new)
-                    last = end
-                    counts[i] += 1
-                pos = end
-                if fi >= nflags and i >= last_static and not always:
-                    break  # nothing left to mask: the rest of the row goes as it is
-        except struct.error as exc:
-            raise MaskingFailed("truncated data row") from exc
-        if out is None:
+        message = _HEADER.pack(68, len(body) + 4) + body
+        parts, _ = self.rewrite_rows(message, 0, len(message))
+        if parts is None:
             return body
-        out.append(body[last:])
-        return b"".join(out)
+        return b"".join(parts)[5:]
 
     def rewrite_rows(self, buf: bytes, pos: int, limit: int) -> tuple[list[bytes] | None, int]:
         """Rewrite the whole DataRow messages (header included) found one after another in
         ``buf[pos:limit]``; stops at the first other or incomplete message.
 
         Returns the bytes to send for ``buf[pos:stop]`` (``None``: they are unchanged) and
-        ``stop``. One call for a run of rows keeps the per-row cost of the engine down."""
-        out: list[bytes] | None = None
-        mark = pos
-        unpack = _LEN.unpack_from
-        rewrite = self.rewrite_data_row
-        header = _HEADER.pack
-        while limit - pos >= 5 and buf[pos] == 68:  # "D"
-            end = pos + 1 + unpack(buf, pos + 1)[0]
+        ``stop``. Unchanged bytes are sent as slices spanning many rows; a changed row is its
+        header, the unchanged stretches of its body and the new fields."""
+        unpack_len = _LEN.unpack_from
+        ends: list[int] = []  # where each row ends, counted from ``pos``
+        stop = pos
+        large = False  # a row of 16 MiB or more: its values are scanned whatever the flags
+        while limit - stop >= 5 and buf[stop] == 68:  # "D"
+            end = stop + 1 + unpack_len(buf, stop + 1)[0]
             if end > limit:
                 break
-            body = buf[pos + 5 : end]
-            new = rewrite(body)
-            if new is not body:
-                if out is None:
-                    out = []
-                out.append(buf[mark:pos])
-                out.append(header(68, len(new) + 4))
-                out.append(new)
-                mark = end
+            if end - stop > _LARGE:
+                large = True
+            elif end < stop + 5:
+                raise MaskingFailed("a data row's length is shorter than its length field")
+            ends.append(end - pos)
+            stop = end
+        if self.is_noop or not ends:
+            return None, stop
+        run = buf[pos:stop] if pos or stop < len(buf) else buf
+        # where the detectors' triggers fire in the run, and (several detectors) which fired
+        flagger = self._flagger
+        tags: list[int] | None = None
+        if flagger is None:
+            at: list[int] = []
+        elif self._all_bits == 1:
+            at = flagger.positions(run)
+        else:
+            flags = flagger.flag(run, NO_LIMIT)
+            at = [flag >> TAG_BITS for flag in flags]
+            tags = [flag & TAG_MASK for flag in flags]
+        if not at and not self._always_scan and not self._walk_static and not large:
+            return None, stop  # no column rule, and no detector can find anything here
+        at.append(_NOWHERE)  # a sentinel: no bounds test per step
+        try:
+            out = self._rewrite_run(run, ends, at, tags)
+        except struct.error as exc:
+            raise MaskingFailed("truncated data row") from exc
+        return out or None, stop
+
+    def _rewrite_run(
+        self, run: bytes, ends: list[int], at: list[int], tags: list[int] | None
+    ) -> list[bytes]:
+        """:meth:`rewrite_rows` for ``run``, DataRows one after another ending at ``ends``;
+        ``at``: where the triggers fired in ``run`` (in order, then a sentinel), ``tags``: which
+        detector each is (``None``: there is one). Returns the pieces to send (none: unchanged).
+
+        The hot loop of masking, written for the interpreter: locals, literal op codes, bounds
+        checked where a value is read and once per row."""
+        walk_flagged = self._walk_flagged
+        walk_static = self._walk_static
+        constant = self._constant
+        function = self._function
+        partial = self._partial
+        counts = self.counts
+        count = self._count
+        always = self._always_scan
+        unpack = _I32.unpack_from
+        header = _HEADER.pack
+        large = _LARGE
+        fi = 0
+        nxt = at[0]  # the position of the next flag not yet handed to a value
+        # ``run`` translated for finding emails, and whether it is all ASCII (when first needed)
+        classes = b""
+        ascii_run: bool | None = None
+        out: list[bytes] = []
+        mark = 0  # run[mark:pos] is still to be sent as it is
+        pos = 0
+        for end in ends:
+            if nxt < end or always or end - pos > large:
+                walk = walk_flagged
+            elif walk_static:
+                walk = walk_static
+            else:
+                pos = end
+                continue
+            if run[pos + 5 : pos + 7] != count:  # (a shorter row fails below, at its end)
+                raise MaskingFailed("a data row does not match its row description")
+            p = pos + 7
+            last = pos + 5  # run[last:p] of this row is unchanged so far
+            hslot = -1  # where this row's new header goes in ``out``
+            delta = 0  # how much longer the row has become
+            for i, op in walk:
+                length = unpack(run, p)[0]
+                if length < 0:
+                    if length != -1:
+                        raise MaskingFailed("invalid value length in data row")
+                    p += 4  # NULL stays NULL
+                    continue
+                if not op:
+                    p += 4 + length  # checked against the row's end below
+                    continue
+                vend = p + 4 + length
+                if op > 4 and nxt >= vend and length < large:
+                    p = vend  # detectors, and no flag in this value
+                    continue
+                if vend > end:
+                    raise MaskingFailed("truncated data row")
+                start = p + 4
+                new: bytes | None
+                if op == 1:  # _OP_CONSTANT
+                    new = constant[i]
+                elif op == 3:  # _OP_PARTIAL
+                    raw = run[start:vend]
+                    if raw.isascii():  # characters are bytes: no decoding (the common case)
+                        shapes = partial[i]
+                        shape = shapes.get(length)
+                        if shape is None:
+                            shape = _partial_shape(self._keep[i], length, shapes)
+                        new = shape[0] + raw[shape[1] :]
+                    else:
+                        new = function[i](raw)
+                elif op == 2:  # _OP_WHOLE
+                    new = function[i](run[start:vend])
+                elif op == 4 and (
+                    # _OP_ALWAYS: a binary number; a card number (13+ digits) is the only hit
+                    # digits alone can be, so fewer digits are let through without a look
+                    # (8 bytes: an int8, or a numeric too short to matter either way)
+                    (length == 8 and -CARD_MIN < _I64.unpack_from(run, start)[0] < CARD_MIN)
+                    # a numeric of at most 3 base-10000 digits
+                    or (length < 16 and self._kinds[i] == K_NUMERIC_BIN)
+                ):
+                    p = vend
+                    continue
+                else:  # detectors
+                    # The flags inside this field (one in its length field belongs to a hit that
+                    # starts there and runs into the value); flags before it lie in columns
+                    # passed through and belong to no value. ``ats``: the email trigger's.
+                    while nxt < p:
+                        fi += 1
+                        nxt = at[fi]
+                    ats: list[int] | int = -1
+                    bits = 0
+                    if tags is None:
+                        if nxt < vend:
+                            bits = 1
+                            ats = nxt  # the common case: one flag
+                            fi += 1
+                            nxt = at[fi]
+                            if nxt < vend:
+                                ats = [ats]
+                                while nxt < vend:
+                                    ats.append(nxt)
+                                    fi += 1
+                                    nxt = at[fi]
+                    else:
+                        email_tag = self._email_tag
+                        found: list[int] = []
+                        while nxt < vend:
+                            bits |= 1 << tags[fi]
+                            if tags[fi] == email_tag:
+                                found.append(nxt)
+                            fi += 1
+                            nxt = at[fi]
+                        ats = found[0] if len(found) == 1 else found
+                    if op == 4 or length >= large:
+                        new = self._detect(self.columns[i], run[start:vend], self._all_bits)
+                    elif not bits:
+                        p = vend
+                        continue
+                    elif op == 5 or (bits == self._email_bit and self._text[i]):
+                        if ascii_run is None:
+                            classes = run.translate(EMAIL_CLASSES)
+                            ascii_run = run.isascii()
+                        if not ascii_run and not run[start:vend].isascii():
+                            _decode(run[start:vend])  # a flagged value must be UTF-8
+                        if not isinstance(ats, int):
+                            new = self._mask_emails(run, classes, start, vend, ats)
+                        elif (span := email_at(classes, start, vend, ats)) is None:
+                            new = None
+                        elif (hit := self._email_hit) is not None:
+                            # the common case, sent as pieces: the new length, the value up to
+                            # the email, the replacement; the rest of the value goes on as is
+                            if hslot < 0:
+                                if mark < pos:
+                                    out.append(run[mark:pos])
+                                hslot = len(out)
+                                out.append(b"")
+                            first, stop = span
+                            out.append(run[last:p])
+                            out.append(_I32.pack(length - (stop - first) + len(hit)))
+                            out.append(run[start:first])
+                            out.append(hit)
+                            delta += len(hit) - (stop - first)
+                            last = stop
+                            counts[i] += 1
+                            p = vend
+                            continue
+                        else:
+                            new = self._mask_emails(run, classes, start, vend, [ats])
+                    else:
+                        new = self._detect(self.columns[i], run[start:vend], bits)
+                if new is not None:
+                    if hslot < 0:
+                        if mark < pos:
+                            out.append(run[mark:pos])
+                        hslot = len(out)
+                        out.append(b"")
+                    out.append(run[last:p])
+                    out.append(new)
+                    delta += len(new) - (vend - p)
+                    last = vend
+                    counts[i] += 1
+                p = vend
+            if p > end:
+                raise MaskingFailed("truncated data row")
+            if hslot >= 0:
+                out[hslot] = header(68, end - pos - 1 + delta)
+                mark = last  # the rest of the row goes with what follows
+            while nxt < end:  # flags in columns not walked belong to no value
+                fi += 1
+                nxt = at[fi]
             pos = end
-        if out is not None and mark < pos:
-            out.append(buf[mark:pos])
-        return out, pos
+        if out and mark < pos:
+            out.append(run[mark:pos])
+        return out
+
+    def _detect(self, col: ColumnMask | None, raw: bytes, bits: int) -> bytes | None:
+        """The new field for a value the detectors at ``bits`` flagged, ``None``: unchanged."""
+        if col is None:  # pragma: no cover - a flagged column has a ColumnMask
+            return None
+        which = {index for index in range(bits.bit_length()) if bits >> index & 1}
+        return self._mask(col, raw, which)
+
+    def _mask_emails(
+        self, run: bytes, classes: bytes, start: int, end: int, ats: list[int]
+    ) -> bytes | None:
+        """The field for the text value ``run[start:end]`` with the email hits replaced, as
+        :func:`~callgate.masking.styles.replace_hits` does on the text; ``None``: no hits.
+        ``classes``: ``run`` translated by the email classes; ``ats``: where the trigger flagged
+        an ``@`` in the value."""
+        spans = email_spans_in(classes, start, end, ats)
+        if not spans:
+            return None
+        constant = self._email_hit
+        style = self.detector_styles["email"]
+        parts: list[bytes] = []
+        mark = start
+        for first, last in spans:
+            if constant is not None:
+                replacement = constant
+            else:
+                text = style.hit(run[first:last].decode("ascii"), "email")
+                if text is None:
+                    return NULL_FIELD
+                replacement = text.encode("utf-8")
+            parts.append(run[mark:first])
+            parts.append(replacement)
+            mark = last
+        parts.append(run[mark:end])
+        value = b"".join(parts)
+        return _I32.pack(len(value)) + value
 
     def _mask(self, col: ColumnMask, raw: bytes, which: set[int] | None) -> bytes | None:
         """The new field (length + bytes) for one value, ``None`` to keep it as it is.
@@ -499,20 +739,34 @@ def _whole_masker(style: Style, kind: int) -> bytes | Callable[[bytes], bytes]:
     if name == "partial":
         keep = style.keep
 
+        shapes: dict[int, tuple[bytes, int]] = {}
+
         def partial(raw: bytes) -> bytes:
             payload = raw[1:] if jsonb else raw
             if payload.isascii():  # characters are bytes: no decoding (the common case)
                 n = len(payload)
-                visible = min(keep, n // 2)
-                if visible <= 0:
-                    data = b"*" * max(n, 4)
-                else:
-                    data = b"*" * (n - visible) + payload[n - visible :]
-                return pack(len(data)) + data
+                shape = shapes.get(n) or _partial_shape(keep, n, shapes)
+                return shape[0] + payload[shape[1] :]
             return _whole_text(style, payload)
 
         return partial
     return lambda raw: _whole_text(style, raw[1:] if jsonb else raw)
+
+
+def _unchanged(raw: bytes) -> bytes:  # pragma: no cover - never called: a filler
+    return _I32.pack(len(raw)) + raw
+
+
+def _partial_shape(keep: int, n: int, shapes: dict[int, tuple[bytes, int]]) -> tuple[bytes, int]:
+    """Style partial on an ASCII value of ``n`` bytes (:func:`~callgate.masking.styles._partial`):
+    the new field's length and stars, and where the kept tail of the value starts; remembered
+    in ``shapes`` (at most 1024 lengths)."""
+    visible = max(min(keep, n // 2), 0)
+    stars = max(n, 4) if visible == 0 else n - visible
+    shape = (_I32.pack(stars + visible) + b"*" * stars, n - visible)
+    if len(shapes) < 1024:
+        shapes[n] = shape
+    return shape
 
 
 def _whole_text(style: Style, payload: bytes) -> bytes:
