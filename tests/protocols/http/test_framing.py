@@ -39,11 +39,11 @@ from callgate.protocols.http.framing import MAX_CHUNK_LINE, MAX_TRAILER_BYTES
 
 def req(*fields: str, version: str = "1.1", method: str = "POST") -> bytes:
     lines = [f"{method} /x HTTP/{version}", "Host: a", *fields, "", ""]
-    return "\r\n".join(lines).encode()
+    return "\r\n".join(lines).encode("latin-1")
 
 
 def resp(status: int, *fields: str) -> bytes:
-    return "\r\n".join([f"HTTP/1.1 {status} X", *fields, "", ""]).encode()
+    return "\r\n".join([f"HTTP/1.1 {status} X", *fields, "", ""]).encode("latin-1")
 
 
 # --- request framing ----------------------------------------------------------------------------
@@ -77,6 +77,7 @@ def test_request_framing(fields: tuple[str, ...], expected: object) -> None:
         (("Content-Length: 0x10",), "invalid Content-Length"),
         (("Content-Length: 1 2",), "invalid Content-Length"),
         (("Content-Length: 1234567890123456789",), "invalid Content-Length"),
+        (("Content-Length: \xb2",), "invalid Content-Length"),  # superscript two, a digit to str
         (("Transfer-Encoding: chunked, gzip",), "does not end with chunked"),
         (("Transfer-Encoding: gzip",), "does not end with chunked"),
         (("Transfer-Encoding: chunked ; q=1",), "does not end with chunked"),
@@ -132,7 +133,11 @@ def test_response_framing(
     [
         ("Content-Length: 3", "Transfer-Encoding: chunked"),
         ("Content-Length: 3", "Content-Length: 4"),
+        ("Content-Length: 3", "Content-Length: 3"),
         ("Content-Length: x",),
+        ("Content-Length: \xb3",),
+        ("Content-Length: 1234567890123456789",),
+        ("Content-Length: ",),
         ("Transfer-Encoding: gzip",),
         ("Transfer-Encoding: gzip, chunked",),
     ],

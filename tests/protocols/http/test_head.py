@@ -297,3 +297,42 @@ def test_field_section_accepted_exactly_when_every_line_is_a_field(lines: list[s
         for (name, value), line in zip(parsed.fields, lines, strict=True):
             assert line.startswith(f"{name}:")
             assert value == line.partition(":")[2].strip(" \t")
+
+
+_LINE_BYTES = st.binary(max_size=14).filter(lambda b: b"\r\n" not in b)
+
+
+@settings(max_examples=1000)
+@given(
+    st.lists(
+        st.one_of(
+            _LINE_BYTES,
+            st.tuples(
+                st.sampled_from([b"X-A", b"x", b"A b", b"", b"\xe9", b" X"]),
+                st.sampled_from([b":", b" :", b""]),
+                _LINE_BYTES,
+            ).map(b"".join),
+        ),
+        max_size=5,
+    )
+)
+def test_any_bytes_field_section_accepted_exactly_when_every_line_is_a_field(
+    lines: list[bytes],
+) -> None:
+    from callgate.protocols.http.head import _FIELD_LINE
+
+    block = b"".join(line + b"\r\n" for line in lines)
+    expected = [_FIELD_LINE.fullmatch(line) for line in lines]
+    raw = b"HTTP/1.1 200 OK\r\n" + block + b"\r\n"
+    try:
+        parsed = parse_response_head(raw)
+    except HttpResponseError:
+        assert not all(expected)
+    else:
+        assert all(expected)
+        assert parsed.fields == tuple(
+            (m.group(1).decode("latin-1"), m.group(2).decode("latin-1"))
+            for m in expected
+            if m is not None
+        )
+        assert parsed.names == tuple(name.lower() for name, _ in parsed.fields)

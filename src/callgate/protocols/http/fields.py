@@ -33,6 +33,12 @@ def end_to_end(
     if "connection" in names:
         listed = {t for i, n in enumerate(names) if n == "connection" for t in tokens(fields[i][1])}
         removed = removed | listed
+    elif (
+        HOP_BY_HOP.isdisjoint(names)
+        and removed.isdisjoint(names)
+        and "\nproxy-" not in "\n" + "\n".join(names)
+    ):
+        return list(fields)  # the usual case, checked in C: nothing to remove
     return [
         f
         for n, f in zip(names, fields, strict=True)

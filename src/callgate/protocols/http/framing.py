@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from callgate.protocols.http.errors import (
     ExpectationFailed,
@@ -53,7 +53,6 @@ _CHUNK_LINE: Final = re.compile(
     + _QUOTED
     + rb"))?)*"
 )
-_DIGITS: Final = re.compile(f"[0-9]{{1,{MAX_LENGTH_DIGITS}}}", re.ASCII)
 
 
 # --- how a body is delimited ------------------------------------------------------------------
@@ -64,8 +63,7 @@ class NoBody:
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class Length:
+class Length(NamedTuple):
     length: int
 
 
@@ -94,7 +92,9 @@ def _content_length(values: list[str], *, request: bool) -> int:
         # no room for "5" and "5, 6" to be read differently by two parsers.
         raise err(f"{who} has more than one Content-Length header")
     value = values[0]
-    if not _DIGITS.fullmatch(value):
+    # 1*DIGIT (RFC 9110 §8.6) without a regex call: ASCII digits only (str.isdigit alone takes
+    # other scripts' digits), 1 to MAX_LENGTH_DIGITS of them.
+    if not (value.isascii() and value.isdigit() and len(value) <= MAX_LENGTH_DIGITS):
         raise err(f"{who} has an invalid Content-Length")
     return int(value)
 
@@ -157,7 +157,10 @@ def response_framing(head: ResponseHead, request_method: str) -> Framing:
         # whether it decoded it as the upstream meant, so it refuses.
         raise HttpResponseError("upstream response Transfer-Encoding does not end with chunked")
     if has_cl:
-        n = _content_length(head.get_all("content-length"), request=False)
+        names = head.names
+        if names.count("content-length") > 1:
+            raise HttpResponseError("upstream response has more than one Content-Length header")
+        n = _content_length([head.fields[names.index("content-length")][1]], request=False)
         return Length(n) if n else NO_BODY
     return UNTIL_CLOSE
 

@@ -19,8 +19,7 @@ subclass with its own status); upstream-side problems raise
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
 
 from callgate.protocols.http.errors import (
     HeadTooLarge,
@@ -80,55 +79,57 @@ _HOST: Final = re.compile(
 Fields = tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class RequestHead:
+class RequestHead(NamedTuple):
     """A parsed request head. ``fields`` keep the caller's name case and order; ``names`` are
-    the same names in lower case (``names[i]`` is ``fields[i][0].lower()``)."""
+    the same names in lower case (``names[i]`` is ``fields[i][0].lower()``). Immutable (a
+    named tuple: cheap to build, once per request)."""
 
     method: str
     target: str
     #: ``(1, 1)`` or ``(1, 0)``
     version: tuple[int, int]
     fields: Fields
-    names: tuple[str, ...] = field(repr=False)
+    names: tuple[str, ...]
 
     def get(self, name: str) -> str | None:
         """The value of the one field ``name`` (lower case), ``None`` if absent. With several
         lines of that name, their values joined by ``", "`` (RFC 9110 §5.3)."""
-        return _get(self.fields, self.names, name)
+        names = self.names
+        # Most lookups are for a field that is absent or appears once: tuple searches in C.
+        if name not in names:
+            return None
+        if names.count(name) == 1:
+            return self.fields[names.index(name)][1]
+        return ", ".join(_get_all(self.fields, names, name))
 
     def get_all(self, name: str) -> list[str]:
         return _get_all(self.fields, self.names, name)
 
-    def count(self, name: str) -> int:
+    def count(self, name: object) -> int:
+        """How many field lines are called ``name`` (lower case)."""
         return self.names.count(name)
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseHead:
+class ResponseHead(NamedTuple):
     status: int
     reason: str
     version: tuple[int, int]
     fields: Fields
-    names: tuple[str, ...] = field(repr=False)
+    names: tuple[str, ...]
 
     def get(self, name: str) -> str | None:
-        return _get(self.fields, self.names, name)
+        names = self.names
+        if name not in names:
+            return None
+        if names.count(name) == 1:
+            return self.fields[names.index(name)][1]
+        return ", ".join(_get_all(self.fields, names, name))
 
     def get_all(self, name: str) -> list[str]:
         return _get_all(self.fields, self.names, name)
 
-    def count(self, name: str) -> int:
+    def count(self, name: object) -> int:
         return self.names.count(name)
-
-
-def _get(fields: Fields, names: tuple[str, ...], name: str) -> str | None:
-    # Most lookups are for a field that is absent or appears once: tuple searches in C.
-    if name not in names:
-        return None
-    if names.count(name) == 1:
-        return fields[names.index(name)][1]
-    return ", ".join(_get_all(fields, names, name))
 
 
 def _get_all(fields: Fields, names: tuple[str, ...], name: str) -> list[str]:
@@ -298,13 +299,7 @@ def parse_request_head(head: bytes) -> RequestHead:
     if major != "1":
         raise VersionNotSupported(f"HTTP/{major}.{minor} is not supported; use HTTP/1.1")
     fields, names = _fields(block, request=True, limit=MAX_HEADER_FIELDS)
-    head_ = RequestHead(
-        method=method,
-        target=target,
-        version=(1, 0) if minor == "0" else (1, 1),
-        fields=fields,
-        names=names,
-    )
+    head_ = RequestHead(method, target, (1, 0) if minor == "0" else (1, 1), fields, names)
     _check_host(head_)
     return head_
 
@@ -325,14 +320,15 @@ def _request_line_problem(line: bytes) -> str:
 def _check_host(head: RequestHead) -> None:
     # RFC 9112 §3.2: a server MUST respond 400 to an HTTP/1.1 request without Host, with more
     # than one Host line, or with an invalid Host value.
-    n = head.count("host")
+    names = head.names
+    n = names.count("host")
     if n > 1:
         raise HttpRequestError("more than one Host header")
     if n == 0:
         if head.version >= (1, 1):
             raise HttpRequestError("HTTP/1.1 request without a Host header")
         return
-    host = head.get("host") or ""
+    host = head.fields[names.index("host")][1]
     if not _HOST.fullmatch(host):
         raise HttpRequestError("invalid Host header")
 
@@ -346,13 +342,8 @@ def parse_response_head(head: bytes) -> ResponseHead:
     if major != "1":
         raise HttpResponseError(f"upstream answered with HTTP/{major}.{minor}")
     fields, names = _fields(block, request=False, limit=MAX_RESPONSE_HEADER_FIELDS)
-    return ResponseHead(
-        status=int(status),
-        reason=reason or "",
-        version=(1, 0) if minor == "0" else (1, 1),
-        fields=fields,
-        names=names,
-    )
+    version = (1, 0) if minor == "0" else (1, 1)
+    return ResponseHead(int(status), reason or "", version, fields, names)
 
 
 # --- writing --------------------------------------------------------------------------------------
@@ -361,17 +352,17 @@ def parse_response_head(head: bytes) -> ResponseHead:
 def encode_request_head(method: str, target: str, fields: Fields) -> bytes:
     """``METHOD target HTTP/1.1`` and the fields. The caller validated every part (fields that
     came from a parsed head, or callgate's own)."""
-    lines = [f"{method} {target} HTTP/1.1"]
-    lines += [f"{n}: {v}" for n, v in fields]
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("latin-1")
+    if not fields:
+        return f"{method} {target} HTTP/1.1\r\n\r\n".encode("latin-1")
+    lines = "\r\n".join(map(": ".join, fields))
+    return f"{method} {target} HTTP/1.1\r\n{lines}\r\n\r\n".encode("latin-1")
 
 
 def encode_response_head(status: int, reason: str, fields: Fields) -> bytes:
-    lines = [f"HTTP/1.1 {status} {reason}"]
-    lines += [f"{n}: {v}" for n, v in fields]
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("latin-1")
+    if not fields:
+        return f"HTTP/1.1 {status} {reason}\r\n\r\n".encode("latin-1")
+    lines = "\r\n".join(map(": ".join, fields))
+    return f"HTTP/1.1 {status} {reason}\r\n{lines}\r\n\r\n".encode("latin-1")
 
 
 _SAFE_VALUE: Final = re.compile(r"[\t\x20-\x7e\x80-\xff]*")

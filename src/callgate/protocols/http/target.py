@@ -9,8 +9,7 @@ percent-encoding.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 from urllib.parse import unquote
 
 from callgate.protocols.http.errors import HttpRequestError, UnsupportedRequest
@@ -43,8 +42,7 @@ SECRET_PARAMETER_WORDS: Final = (
 MASKED_VALUE: Final = "***"
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+class Target(NamedTuple):
     #: percent-encoded, as sent, always starting with ``/``
     path: str
     #: the raw query without ``?``; ``None`` when the target had no ``?``
@@ -90,7 +88,7 @@ def parse_target(method: str, target: str) -> Target:
         raise HttpRequestError("request query contains invalid characters")
     if has_dot_segments(path):
         raise HttpRequestError("request path contains '.' or '..' segments")
-    return Target(path=path, query=query if sep else None, authority=authority)
+    return Target(path, query if sep else None, authority)
 
 
 def has_dot_segments(path: str) -> bool:
