@@ -116,9 +116,15 @@ class HttpMaskPlan:
     limit: int = MAX_DECODED_BODY
     body: BodyMasker = field(init=False, compare=False)
     _header_styles: dict[str, Style | None] = field(default_factory=dict, compare=False)
+    #: no rule masks any body (:attr:`is_empty` also needs no header rules); plain attributes,
+    #: read on every request
+    bodies_untouched: bool = field(init=False, compare=False)
+    untouched: bool = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "body", BodyMasker(self.json))
+        object.__setattr__(self, "bodies_untouched", self.json.is_empty)
+        object.__setattr__(self, "untouched", self.json.is_empty and not self.headers)
 
     # -- building ---------------------------------------------------------------------------------
 
@@ -166,7 +172,7 @@ class HttpMaskPlan:
     @property
     def is_empty(self) -> bool:
         """Nothing of any response can need masking: stream everything."""
-        return self.json.is_empty and not self.headers
+        return self.untouched
 
     @property
     def detectors(self) -> DetectorSet | None:

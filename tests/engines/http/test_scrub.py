@@ -57,3 +57,24 @@ def test_short_secrets_are_not_searched() -> None:
     scrubber = SecretScrubber(["x" * (MIN_SECRET_LENGTH - 1)])
     assert not scrubber.active
     assert scrubber.feed(b"xxxxxxx") == b"xxxxxxx"
+
+
+def test_header_fields_are_scrubbed_only_where_a_secret_is() -> None:
+    scrubber = SecretScrubber(SECRETS)
+    clean = [("Server", "uvicorn"), ("Content-Type", "application/json")]
+    assert scrubber.fields(clean) is clean  # nothing to replace: the same list, untouched
+    echoed = [
+        ("Server", "uvicorn"),
+        ("X-Echo", f"Bearer {SECRETS[0]}"),
+        ("X-Both", f"{SECRETS[1]},{SECRETS[0]}"),
+    ]
+    assert scrubber.fields(echoed) == [
+        ("Server", "uvicorn"),
+        ("X-Echo", f"Bearer {HEADER_REPLACEMENT}"),
+        ("X-Both", f"{HEADER_REPLACEMENT},{HEADER_REPLACEMENT}"),
+    ]
+    assert scrubber.hits == 3
+    # A secret split across two values is not in either of them: nothing to replace.
+    half = len(SECRETS[0]) // 2
+    split = [("A", SECRETS[0][:half]), ("B", SECRETS[0][half:])]
+    assert scrubber.fields(split) == split

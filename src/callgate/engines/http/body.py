@@ -126,8 +126,7 @@ class ClientBody:
             self._continue = False
             stream = self._stream
             try:
-                stream.write(CONTINUE)
-                if stream.must_drain:
+                if stream.write(CONTINUE):
                     await stream.drain()
             except (OSError, RuntimeError) as exc:
                 raise ClientGone("the caller went away before sending its body") from exc

@@ -81,6 +81,10 @@ _NOT_FORWARDED: Final = frozenset(
 _NOT_FORWARDED_SCRUBBED: Final = _NOT_FORWARDED | {"accept-encoding"}
 #: A request target as it may be written on the request line (visible ASCII, RFC 9112 §3.2).
 _TARGET: Final = re.compile(r"/[\x21-\x7e]*")
+#: Injected fields found valid (an injector sends the same few until its secrets rotate), and
+#: how many are remembered at most.
+_INJECTED_VALID: Final[dict[tuple[str, str], None]] = {}
+_INJECTED_VALID_KEPT: Final = 256
 #: Methods whose request carries Content-Length: 0 when it has no body (RFC 9110 §8.6: a user
 #: agent SHOULD send it for methods that define a body).
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
@@ -88,6 +92,24 @@ _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 
 class Exchange:
     """One request and its response. :meth:`run` returns whether the connection may be kept."""
+
+    __slots__ = (
+        "abandoned",
+        "audited",
+        "body",
+        "conn",
+        "head",
+        "head_bytes",
+        "keep_alive",
+        "listener",
+        "principal",
+        "relay",
+        "request",
+        "review_id",
+        "session",
+        "started",
+        "target",
+    )
 
     def __init__(
         self,
@@ -211,7 +233,7 @@ class Exchange:
             sample: bytes | None = (
                 self.body.buffered if self.body.buffered is not None else self.body.sample
             )
-            if sample and not plan.is_empty:
+            if sample and not plan.untouched:
                 sample = plan.mask_request_sample(sample, self.request.content_type, limit)
             recorder.bodies(
                 seq,
@@ -228,7 +250,7 @@ class Exchange:
         """The request as audit records it: the query through the caller's mask plan (secret
         parameters and detector hits masked; the event builder masks secret names again)."""
         query = self.request.query
-        if query and not plan.is_empty:
+        if query and not plan.untouched:
             return replace(self.request, query=plan.mask_query(query), body=None)
         return replace(self.request, body=None) if self.request.body is not None else self.request
 
@@ -310,7 +332,7 @@ class Exchange:
         fields = end_to_end(
             head.fields, head.names, drop=_NOT_FORWARDED_SCRUBBED if scrub else _NOT_FORWARDED
         )
-        if not plan.json.is_empty:
+        if not plan.bodies_untouched:
             fields = plan.request_headers(fields)
         elif scrub:
             fields.append(("Accept-Encoding", "identity"))
@@ -495,15 +517,23 @@ def _encode_upstream_head(
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         if not _TARGET.fullmatch(target):
             raise InternalError("the credential injector produced an invalid request target")
+    # Callgate's own fields hold no framing (Content-Length and Transfer-Encoding were not
+    # forwarded) and are valid (parsed from the caller's head, or callgate's); only what the
+    # injector added is looked at, and found valid once per distinct field.
     checked = set(ours)
     fields: list[tuple[str, str]] = []
     for field in out.headers:
-        name, value = field
-        lowered = name.lower()
-        if lowered in ("content-length", "transfer-encoding"):
+        if field in checked or field in _INJECTED_VALID:
+            fields.append(field)
             continue
-        if field not in checked and not valid_field(name, value):
+        name, value = field
+        if name.lower() in ("content-length", "transfer-encoding"):
+            continue
+        if not valid_field(name, value):
             raise InternalError(f"the credential injector produced an invalid header {name!r}")
+        if len(_INJECTED_VALID) >= _INJECTED_VALID_KEPT:
+            _INJECTED_VALID.clear()
+        _INJECTED_VALID[field] = None
         fields.append(field)
     chunked = False
     if out.body is not None:

@@ -269,10 +269,10 @@ class HeaderInjector:
         return _with_fields(req, self._prepared.get())
 
     def secret_values(self) -> tuple[str, ...]:
-        return _secrets_of(
-            self._prepared,
-            lambda: _dedupe(s for _, ref in self._headers for s in resolve_secrets(ref)),
-        )
+        try:
+            return self._prepared.secret_values()
+        except UpstreamAuthFailed:  # nothing sendable: whatever can be read now
+            return _dedupe(s for _, ref in self._headers for s in resolve_secrets(ref))
 
     async def aclose(self) -> None:
         return None

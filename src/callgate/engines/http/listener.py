@@ -62,6 +62,7 @@ class HttpListener:
         self._tasks_retiring: set[asyncio.Future[None]] = set()
         self._hosts = self._host_map(services)
         self._connections = self._connection_map(services)
+        self._limits(services)
         self._secret_key: bytes | None = None
         self._secret_sets: dict[tuple[str, ...], SecretSet] = {}
         self._sock: socket.socket | None = None
@@ -92,6 +93,7 @@ class HttpListener:
         self.services = services
         self._hosts = self._host_map(services)
         self._connections = self._connection_map(services)
+        self._limits(services)
         self._secret_key = None
         for cache in (self._pools, self._injectors):
             for name, (old, _) in list(cache.items()):
@@ -116,14 +118,12 @@ class HttpListener:
             except Exception:  # closing an old resource must not disturb anything
                 log.exception("could not close a resource of a reloaded connection")
 
-    @property
-    def max_inspected(self) -> int:
-        return self.services.config.gateway.limits.http_max_inspected_body
-
-    @property
-    def record_body(self) -> int:
-        """Bytes of each body kept for audit (``gateway.audit.record_body``)."""
-        return self.services.config.gateway.audit.record_body
+    def _limits(self, services: Services) -> None:
+        gateway = services.config.gateway
+        #: bytes of a body callgate reads to inspect it (policy, masking, signing) at most
+        self.max_inspected = gateway.limits.http_max_inspected_body
+        #: bytes of each body kept for audit (``gateway.audit.record_body``)
+        self.record_body = gateway.audit.record_body
 
     def secret_key(self) -> bytes:
         """The gateway's HMAC key (``hash`` mask tokens), read once per config."""
@@ -253,8 +253,7 @@ class HttpListener:
                 close=True,
             )
             with contextlib.suppress(Exception):
-                stream.write(data)
-                if stream.must_drain:
+                if stream.write(data):
                     async with asyncio.timeout(2.0):
                         await stream.drain()
             stream.close()

@@ -63,6 +63,28 @@ class ResponseRelay:
     """Sends one upstream response to the caller. :meth:`run` returns whether the upstream
     connection can serve another request."""
 
+    __slots__ = (
+        "_extra",
+        "_pending",
+        "_reader",
+        "aborted",
+        "body_bytes",
+        "client",
+        "close_delimited",
+        "head_sent",
+        "keep_alive",
+        "max_inspected",
+        "plan",
+        "read_timeout",
+        "request_head",
+        "response",
+        "sample",
+        "sample_limit",
+        "scrubber",
+        "sent",
+        "up",
+    )
+
     def __init__(
         self,
         *,
@@ -112,18 +134,19 @@ class ResponseRelay:
         w = self.client
         try:
             if isinstance(data, bytes):
-                w.write(data)
+                drain = w.write(data)
                 self.sent += len(data)
+                return drain
+            size = sum(len(d) for d in data)
+            if len(data) == 1 or size <= JOIN_BELOW:
+                drain = w.write(data[0] if len(data) == 1 else b"".join(data))
             else:
-                size = sum(len(d) for d in data)
-                if len(data) == 1 or size <= JOIN_BELOW:
-                    w.write(data[0] if len(data) == 1 else b"".join(data))
-                else:
-                    w.transport.writelines(data)  # a big chunk is not copied to add its size line
-                self.sent += size
+                w.transport.writelines(data)  # a big chunk is not copied to add its size line
+                drain = w.must_drain
+            self.sent += size
+            return drain
         except (OSError, RuntimeError) as exc:
             raise ClientGone(f"the caller's connection failed ({type(exc).__name__})") from None
-        return w.must_drain
 
     async def _drain(self) -> None:
         """Wait until the caller takes more (back-pressure), for at most
@@ -191,11 +214,10 @@ class ResponseRelay:
         method = self.request_head.method
         framing = response_framing(resp, method)
         fields = end_to_end(resp.fields, resp.names, drop=_NOT_RELAYED)
-        if not self.plan.is_empty:
-            fields = self.plan.mask_headers(fields)
-        scrubber = self.scrubber
-        if scrubber.active:
-            fields = [(n, scrubber.text(v)) for n, v in fields]
+        plan = self.plan
+        if not plan.untouched:
+            fields = plan.mask_headers(fields)
+        fields = self.scrubber.fields(fields)
         self._reader = body_reader(framing, request=False)
         if self._reader is None:
             if method == "HEAD":
@@ -207,7 +229,7 @@ class ResponseRelay:
             await self._write(self._head(fields))
             return response_keep_alive(resp) and not self._pending
         content_type = resp.get("content-type")
-        mode = self.plan.inspection(content_type)
+        mode = "none" if plan.bodies_untouched else plan.inspection(content_type)
         first = b""
         if mode == "sniff":
             first = await self._at_least(SNIFF_BYTES)

@@ -14,6 +14,7 @@ Compressed bodies cannot be searched, so requests to a connection that injects a
 from __future__ import annotations
 
 from collections.abc import Iterable
+from operator import itemgetter
 from typing import Final
 
 #: Secrets shorter than this are not searched for: a 3-character value would match ordinary
@@ -87,6 +88,17 @@ class SecretScrubber:
         """What was held back, at the end of the body."""
         tail, self._tail = self._tail, b""
         return tail
+
+    def fields(self, fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Header fields with any secret in a value replaced (the same list when none holds
+        one: the values are searched joined, in C, before any is looked at alone)."""
+        texts = self._texts
+        if not texts or not fields:
+            return fields
+        joined = "\n".join(map(itemgetter(1), fields))
+        if not any(secret in joined for secret in texts):
+            return fields
+        return [(name, self.text(value)) for name, value in fields]
 
     def text(self, value: str) -> str:
         """A header value with any secret replaced."""

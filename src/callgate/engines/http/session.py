@@ -247,8 +247,7 @@ class HttpSession:
         if w.is_closing():
             return status, 0
         try:
-            w.write(data)
-            if w.must_drain:
+            if w.write(data):
                 async with asyncio.timeout(5.0):
                     await w.drain()
         except (OSError, RuntimeError, TimeoutError):

@@ -166,13 +166,15 @@ class Stream(asyncio.Protocol):
 
     # --- writing ------------------------------------------------------------------------------
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> bool:
+        """Hand ``data`` to the transport; True when it now holds more than its high-water
+        mark (or the connection is gone): :meth:`drain` before writing more."""
         self.transport.write(data)
+        return self._write_paused or self._lost
 
     @property
     def must_drain(self) -> bool:
-        """The transport holds more than its high-water mark (or the connection is gone):
-        :meth:`drain` before writing more."""
+        """What the last :meth:`write` said: :meth:`drain` before writing more."""
         return self._write_paused or self._lost
 
     async def drain(self) -> None:
@@ -196,6 +198,12 @@ class Stream(asyncio.Protocol):
         return self.transport.can_write_eof()
 
     # --- the connection -----------------------------------------------------------------------
+
+    @property
+    def quiet(self) -> bool:
+        """Open both ways, and nothing arrived that was not read: a connection between two
+        exchanges that can carry another one."""
+        return not (self._chunks or self._eof or self._lost or self.transport.is_closing())
 
     def is_closing(self) -> bool:
         return self._lost or self.transport.is_closing()

@@ -104,8 +104,7 @@ class UpstreamConnection:
     def usable(self) -> bool:
         """Still open, and nothing arrived while it was idle (an unsolicited byte means the
         upstream is out of step or closing)."""
-        stream = self.stream
-        return not stream.is_closing() and not stream.at_eof and not stream.buffered
+        return self.stream.quiet
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -232,14 +231,12 @@ async def write_upstream(
 def send_upstream(conn: UpstreamConnection, data: bytes | list[bytes]) -> bool:
     """Write without waiting; True when the transport holds too much and
     :func:`drain_upstream` must be awaited before writing more."""
-    w = conn.stream
     try:
-        w.write(data if isinstance(data, bytes) else b"".join(data))
+        return conn.stream.write(data if isinstance(data, bytes) else b"".join(data))
     except (OSError, RuntimeError) as exc:
         raise UpstreamUnavailable(
             f"the upstream connection failed while sending ({type(exc).__name__})"
         ) from None
-    return w.must_drain
 
 
 async def drain_upstream(conn: UpstreamConnection, timeout: float) -> None:  # noqa: ASYNC109

@@ -132,6 +132,9 @@ class ResponseHead(NamedTuple):
         return self.names.count(name)
 
 
+_new: Final = tuple.__new__
+
+
 def _get_all(fields: Fields, names: tuple[str, ...], name: str) -> list[str]:
     if name not in names:
         return []
@@ -299,7 +302,9 @@ def parse_request_head(head: bytes) -> RequestHead:
     if major != "1":
         raise VersionNotSupported(f"HTTP/{major}.{minor} is not supported; use HTTP/1.1")
     fields, names = _fields(block, request=True, limit=MAX_HEADER_FIELDS)
-    head_ = RequestHead(method, target, (1, 0) if minor == "0" else (1, 1), fields, names)
+    version = (1, 0) if minor == "0" else (1, 1)
+    # tuple.__new__ directly: a named tuple's own __new__ is a Python-level lambda.
+    head_ = _new(RequestHead, (method, target, version, fields, names))
     _check_host(head_)
     return head_
 
@@ -343,7 +348,7 @@ def parse_response_head(head: bytes) -> ResponseHead:
         raise HttpResponseError(f"upstream answered with HTTP/{major}.{minor}")
     fields, names = _fields(block, request=False, limit=MAX_RESPONSE_HEADER_FIELDS)
     version = (1, 0) if minor == "0" else (1, 1)
-    return ResponseHead(int(status), reason or "", version, fields, names)
+    return _new(ResponseHead, (int(status), reason or "", version, fields, names))
 
 
 # --- writing --------------------------------------------------------------------------------------
