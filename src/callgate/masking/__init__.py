@@ -8,7 +8,8 @@ Sans-IO. The engine:
    ``lineage = session_lineage.effective(statement_lineage(sql, snapshot.columns_of))``
    (raises ``StatementDenied`` for ``on_unknown: deny``);
 3. per result: ``rw = plan.for_row_description(desc, resolve_columns(desc, snapshot.by_attr))``,
-   then ``rw.rewrite_row_description`` / ``rw.rewrite_data_row`` for each message, or
+   then ``rw.rewrite_row_description``, ``rw.rewrite_rows`` for the DataRows of each read (or
+   ``rw.rewrite_data_row`` for one), or
    ``plan.for_copy(...).rewrite_copy_data`` for COPY, and ``scrub_error_fields`` for
    ErrorResponse/NoticeResponse. :class:`MaskingFailed` means: send nothing more, fail it.
 

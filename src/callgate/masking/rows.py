@@ -58,7 +58,6 @@ _LEN: Final = struct.Struct("!I")
 _HEADER: Final = struct.Struct("!BI")
 _FIELD: Final = struct.Struct("!ihihih")  # table oid, attnum, type oid, typlen, typmod, format
 NULL_FIELD: Final = b"\xff\xff\xff\xff"
-_NO_FLAGS: Final[list[int]] = []
 #: values (and rows) this long or longer are scanned by every detector, flags or not: the high byte
 #: of a shorter value's length field is 0, a byte no trigger looks through, which is what keeps a
 #: flag for a hit inside its own value when a whole batch of rows is flagged at once
@@ -264,7 +263,6 @@ class RowRewriter:
     scanned: tuple[bool, ...] = field(init=False)
     #: per column: described to the client as ``text`` instead of its own type
     retyped: tuple[bool, ...] = field(init=False)
-    _last_static: int = field(init=False)
     _always_scan: bool = field(init=False)
     _flagger: DetectorSet | None = field(init=False)
     _all_detectors: set[int] = field(init=False)
@@ -320,7 +318,6 @@ class RowRewriter:
                 for f, c in zip(self.description.fields, cols, strict=True)
             ),
         )
-        setattr_(self, "_last_static", static[-1] if static else -1)
         setattr_(
             self,
             "_always_scan",
