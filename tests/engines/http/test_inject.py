@@ -105,6 +105,46 @@ def test_one_injector_per_kind(inject: dict[str, Any], kind: type[Any]) -> None:
     asyncio.run(injector.aclose())
 
 
+@pytest.mark.parametrize(
+    "inject",
+    [
+        {"headers": {"X-Api-Key": "k-1234567890", "X-Tenant": "acme"}},
+        {"basic": {"user": "u", "password": "p-1234567890"}},
+        {"query": {"api_key": "k-1234567890"}},
+    ],
+)
+def test_static_kinds_apply_without_waiting(inject: dict[str, Any]) -> None:
+    injector = built(inject)
+    now = injector.apply_now(request())
+    assert now is not None
+    assert now == apply(injector, request())
+
+
+def test_kinds_that_may_wait_say_so() -> None:
+    oauth = built(
+        {
+            "oauth2_client_credentials": {
+                "token_url": "https://idp.example/token",
+                "client_id": "c",
+                "client_secret": "s",
+            }
+        }
+    )
+    sigv4 = built(
+        {
+            "aws_sigv4": {
+                "service": "s3",
+                "region": "eu-west-1",
+                "access_key_id": "AKIA",
+                "secret_access_key": "s",
+            }
+        }
+    )
+    assert oauth.apply_now(request()) is None
+    assert sigv4.apply_now(request()) is None
+    asyncio.run(oauth.aclose())
+
+
 def test_nothing_is_resolved_at_build_time(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CG_TEST_UNSET", raising=False)
     injector = built({"headers": {"X-Api-Key": "env:CG_TEST_UNSET"}})

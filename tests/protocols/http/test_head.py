@@ -338,3 +338,32 @@ def test_any_bytes_field_section_accepted_exactly_when_every_line_is_a_field(
             if m is not None
         )
         assert parsed.names == tuple(name.lower() for name, _ in parsed.fields)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=200), st.booleans())
+def test_head_end_agrees_with_head_reader(data: bytes, request: bool) -> None:
+    from callgate.protocols.http import head_end
+
+    end = head_end(data, request=request)
+    reader = HeadReader(request=request)
+    try:
+        head = reader.feed(data)
+    except CallgateError:
+        head = None
+        assert end == -1
+    if end > 0:
+        assert head == data[:end]
+        assert reader.leftover == data[end:]
+
+
+def test_head_end_leaves_pieces_and_oversized_heads_to_the_reader() -> None:
+    from callgate.protocols.http import head_end
+
+    assert head_end(GET, request=True) == len(GET)
+    assert head_end(GET[:-1], request=True) == -1
+    assert head_end(b"\r\n" + GET, request=True) == -1  # a leading empty line: the reader's job
+    big = b"GET / HTTP/1.1\r\nX: " + b"a" * MAX_HEAD_BYTES + b"\r\n\r\n"
+    assert head_end(big, request=True) == -1
+    with pytest.raises(HeadTooLarge):
+        HeadReader(request=True).feed(big)

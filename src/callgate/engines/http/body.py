@@ -84,6 +84,7 @@ class ClientBody:
         "buffered",
         "declared",
         "done",
+        "empty",
         "received",
         "sample",
         "sample_limit",
@@ -93,16 +94,14 @@ class ClientBody:
         self, stream: ClientStream, framing: Framing, *, expect_continue: bool, sample_limit: int
     ) -> None:
         self._stream = stream
-        self._reader = body_reader(framing, request=True)
         self._continue = expect_continue
         self._prefetched: list[bytes] = []
+        #: there is no body at all (most GETs): nothing to read, stream or buffer
+        self.empty = isinstance(framing, NoBody)
+        self._reader = None if self.empty else body_reader(framing, request=True)
         #: the length the caller declared (Content-Length; 0 without a body; None if chunked)
         self.declared: int | None = (
-            framing.length
-            if isinstance(framing, Length)
-            else 0
-            if isinstance(framing, NoBody)
-            else None
+            0 if self.empty else framing.length if isinstance(framing, Length) else None
         )
         self.done = self._reader is None
         #: the whole body once buffered (``b""`` without a body), else ``None``
@@ -111,10 +110,6 @@ class ClientBody:
         self.received = 0
         self.sample = b""
         self.sample_limit = sample_limit
-
-    @property
-    def empty(self) -> bool:
-        return self._reader is None
 
     @property
     def untouched(self) -> bool:

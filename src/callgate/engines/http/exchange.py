@@ -28,6 +28,7 @@ from callgate.engines.http.upstream import (
     UpstreamPool,
     UpstreamTimeout,
     drain_upstream,
+    final_response_head,
     read_response_head,
     send_upstream,
     write_upstream,
@@ -148,7 +149,10 @@ class Exchange:
 
     async def run(self) -> bool:
         recorder = self.audited.recorder
-        plan = self.session.mask_plan(self.audited, self.principal, self.conn.name)
+        audited = self.audited
+        plan = audited.plan
+        if plan is None or audited.plan_version != self.listener.services.policy.version:
+            plan = self.session.mask_plan(audited, self.principal, self.conn.name)
         injector = self.listener.injector(self.conn)
         seq: int | None = None
         status = 0
@@ -215,7 +219,7 @@ class Exchange:
         bytes_in = self.head_bytes + self.body.received
         a.bytes_in += bytes_in
         if relay is not None:
-            self._count_out(relay.sent)
+            a.bytes_out += relay.sent
         a.requests += 1
         if seq is None:
             return
@@ -363,7 +367,7 @@ class Exchange:
             request.body_length,
         )
         if injector is not None:
-            outgoing = await injector.apply(outgoing)
+            outgoing = injector.apply_now(outgoing) or await injector.apply(outgoing)
         head_bytes, chunked = _encode_upstream_head(outgoing, pool, url, target, fields)
         # After apply(): the secrets as resolved for this request (an OAuth2 token just fetched).
         scrubber = SecretScrubber(
@@ -422,7 +426,17 @@ class Exchange:
                 # (no timer of its own), aborting the connection when it runs out.
                 session.watch_upstream(up, pool.read_timeout)
                 try:
-                    resp, leftover, _ = await read_response_head(up, None)
+                    try:
+                        data = await up.stream.read()
+                    except OSError as exc:
+                        raise UpstreamUnavailable(
+                            f"the upstream connection failed ({type(exc).__name__})"
+                        ) from None
+                    found = final_response_head(data) if data else None
+                    if found is None:
+                        resp, leftover, _ = await read_response_head(up, None, first=data)
+                    else:
+                        resp, leftover = found
                 except UpstreamUnavailable:
                     if up.timed_out:
                         raise UpstreamTimeout(

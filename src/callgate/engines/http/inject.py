@@ -80,6 +80,11 @@ class Injector(Protocol):
         """The request with the credential added. Raises an upstream-side ``CallgateError``."""
         ...
 
+    def apply_now(self, req: Outgoing) -> Outgoing | None:
+        """What :meth:`apply` returns, when it can be had without waiting (the static kinds:
+        their secrets are at hand); ``None``: await :meth:`apply`. Raises like it."""
+        ...
+
     def secret_values(self) -> tuple[str, ...]:
         """The secrets this injector sends (also in the encodings it sends them, such as a
         Basic credential's base64), so an engine or a test can check that none of them ever
@@ -268,6 +273,9 @@ class HeaderInjector:
     async def apply(self, req: Outgoing) -> Outgoing:
         return _with_fields(req, self._prepared.get())
 
+    def apply_now(self, req: Outgoing) -> Outgoing:
+        return _with_fields(req, self._prepared.get())
+
     def secret_values(self) -> tuple[str, ...]:
         try:
             return self._prepared.secret_values()
@@ -328,6 +336,9 @@ class BasicInjector:
     async def apply(self, req: Outgoing) -> Outgoing:
         return _with_fields(req, self._prepared.get())
 
+    def apply_now(self, req: Outgoing) -> Outgoing:
+        return _with_fields(req, self._prepared.get())
+
     def secret_values(self) -> tuple[str, ...]:
         return _secrets_of(self._prepared, self._readable_secrets)
 
@@ -386,6 +397,9 @@ class QueryInjector:
         return Prepared(values, frozenset(name for name, _ in values), self._readable_secrets())
 
     async def apply(self, req: Outgoing) -> Outgoing:
+        return self.apply_now(req)
+
+    def apply_now(self, req: Outgoing) -> Outgoing:
         prepared = self._prepared.get()
         return dataclasses.replace(req, url=set_query_params(req.url, prepared.fields))
 

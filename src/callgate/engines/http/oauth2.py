@@ -131,6 +131,9 @@ class OAuth2ClientCredentialsInjector:
         added = [("Authorization", f"Bearer {token}")]
         return dataclasses.replace(req, headers=replace_headers(req.headers, added))
 
+    def apply_now(self, req: Outgoing) -> None:
+        return None  # the token may have to be fetched: always apply()
+
     def secret_values(self) -> tuple[str, ...]:
         secrets = list(self._client_secrets.secret_values())
         if self._token is not None:

@@ -46,6 +46,7 @@ from callgate.protocols.http import (
     RequestHead,
     Target,
     expects_continue,
+    head_end,
     parse_request_head,
     parse_target,
     request_framing,
@@ -136,7 +137,10 @@ class HttpSession:
                     break
                 self.busy = True
                 try:
-                    keep = await self._exchange(raw)
+                    # The exchange is awaited here, not inside _begin: one coroutine level less
+                    # on each of its waits (the audit commit, the upstream's answer).
+                    begun = await self._begin(raw)
+                    keep = begun if isinstance(begun, bool) else await begun.run()
                 finally:
                     self.busy = False
                 if not keep:
@@ -180,11 +184,11 @@ class HttpSession:
         No timer per read: the listener's watchdog (:meth:`check_deadlines`) closes a
         connection idle for :data:`CLIENT_IDLE_TIMEOUT` or stuck mid-head for
         :data:`~callgate.engines.http.body.CLIENT_READ_TIMEOUT`."""
-        reader = HeadReader(request=True)
+        reader: HeadReader | None = None  # made when a head comes in pieces
         stream = self.stream
         clock = self._loop.time
         while True:
-            started = reader.started or stream.buffered
+            started = (reader is not None and reader.started) or stream.buffered
             limit = CLIENT_READ_TIMEOUT if started else CLIENT_IDLE_TIMEOUT
             self._client_deadline = clock() + limit
             try:
@@ -197,11 +201,16 @@ class HttpSession:
                 self._client_deadline = None
             stream.bytes_in += len(data)
             if not data:
-                if self.timed_out is not None and reader.started:
-                    raise ClientGone(self.timed_out)
-                if reader.started:
-                    raise ClientGone("the caller closed the connection mid-request")
+                if reader is not None and reader.started:
+                    closed = "the caller closed the connection mid-request"
+                    raise ClientGone(self.timed_out or closed)
                 return None
+            if reader is None:
+                end = head_end(data, request=True)
+                if end > 0:
+                    stream.unread(data[end:])
+                    return data[:end]
+                reader = HeadReader(request=True)
             try:
                 head = reader.feed(data)
             except HttpRequestError as exc:
@@ -277,8 +286,9 @@ class HttpSession:
 
     # --- one request -------------------------------------------------------------------------
 
-    async def _exchange(self, raw: bytes) -> bool:
-        """Handle one request; True when the connection may carry another."""
+    async def _begin(self, raw: bytes) -> Exchange | bool:
+        """One request up to its :class:`Exchange` (to be run), or, when it was answered
+        already (refused), whether the connection may carry another."""
         started = time.monotonic()
         try:
             head = parse_request_head(raw)
@@ -286,7 +296,7 @@ class HttpSession:
             target = parse_target(head.method, head.target)
             if head.method == "TRACE":
                 raise MethodRefused("TRACE is not relayed: it would echo callgate's credential")
-            expect = expects_continue(head)
+            expect = "expect" in head.names and expects_continue(head)
         except CallgateError as exc:
             # Framing in doubt: nothing after this head can be trusted (RFC 9112 §11.2).
             await self.reply_error(exc, close=True)
@@ -294,7 +304,10 @@ class HttpSession:
                 "connection %s: refused request (%s): %s", self.id, exc.http_status, exc.message
             )
             return False
-        keep = request_keep_alive(head) and not self.stopping
+        if "connection" in head.names or head.version < (1, 1):
+            keep = request_keep_alive(head) and not self.stopping
+        else:
+            keep = not self.stopping  # HTTP/1.1 without Connection: persistent (RFC 9112 §9.3)
         listener = self.listener
         body = ClientBody(
             self.stream, framing, expect_continue=expect, sample_limit=listener.record_body
@@ -342,7 +355,7 @@ class HttpSession:
             started=started,
             head_bytes=len(raw),
         )
-        return await exchange.run()
+        return exchange
 
     # --- who, where ---------------------------------------------------------------------------
 

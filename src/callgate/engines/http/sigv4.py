@@ -233,6 +233,9 @@ class AwsSigV4Injector:
         ]
         return dataclasses.replace(req, url=url, headers=headers + added)
 
+    def apply_now(self, req: Outgoing) -> None:
+        return None  # a large body is hashed in a thread: always apply()
+
     def _payload(self, req: Outgoing) -> bytes | None:
         """The bytes to hash, or ``None`` to sign ``UNSIGNED-PAYLOAD`` (S3 streaming)."""
         if req.body is not None:

@@ -20,7 +20,13 @@ from urllib.parse import urlsplit
 
 from callgate.engines.http.stream import Stream
 from callgate.errors import UpstreamUnavailable
-from callgate.protocols.http import HeadReader, HttpResponseError, ResponseHead, parse_response_head
+from callgate.protocols.http import (
+    HeadReader,
+    HttpResponseError,
+    ResponseHead,
+    head_end,
+    parse_response_head,
+)
 
 if TYPE_CHECKING:
     from callgate.config.connections import HttpUpstream
@@ -255,22 +261,39 @@ async def drain_upstream(conn: UpstreamConnection, timeout: float) -> None:  # n
         ) from None
 
 
+def final_response_head(data: bytes) -> tuple[ResponseHead, bytes] | None:
+    """The final response head at the start of ``data`` and what followed it, when ``data``
+    holds all of it and no interim (1xx) response came first: the usual answer, taken without
+    :func:`read_response_head`'s loop. ``None``: hand ``data`` to that (``first=``)."""
+    end = head_end(data, request=False)
+    if end < 0:
+        return None
+    head = parse_response_head(data[:end])
+    if head.status < 200:
+        return None
+    return head, data[end:]
+
+
 async def read_response_head(
     conn: UpstreamConnection,
     timeout: float | None,  # noqa: ASYNC109
+    first: bytes | None = None,
 ) -> tuple[ResponseHead, bytes, bool]:
     """The next final response head, what followed it, and whether any byte arrived at all.
 
     Interim 1xx responses (100 Continue, 103 Early Hints) are read and dropped (RFC 9110 §15.2:
     a proxy MAY drop them when it did not ask for them); 101 is refused, callgate never asks
-    to switch protocols. EOF before a whole head is :class:`UpstreamClosed`.
+    to switch protocols. EOF before a whole head is :class:`UpstreamClosed`. ``first``: what
+    was read from the connection already (``b""``: its EOF).
     """
-    reader = HeadReader(request=False)
+    reader: HeadReader | None = None  # made when a head comes in pieces
     received = False
     pending = b""
     stream = conn.stream
     while True:
-        if pending:
+        if first is not None:
+            data, first = first, None
+        elif pending:
             data, pending = pending, b""
         elif timeout is None:
             try:
@@ -287,14 +310,19 @@ async def read_response_head(
                 received=received,
             )
         received = True
-        raw = reader.feed(data)
-        if raw is None:
-            continue
+        if reader is None and (end := head_end(data, request=False)) > 0:
+            raw, leftover = data[:end], data[end:]
+        else:
+            if reader is None:
+                reader = HeadReader(request=False)
+            found = reader.feed(data)
+            if found is None:
+                continue
+            raw, leftover, reader = found, reader.leftover, None
         head = parse_response_head(raw)
         if head.status == 101:
             raise HttpResponseError("the upstream switched protocols (101) unasked")
         if head.status < 200:
-            pending = reader.leftover
-            reader = HeadReader(request=False)
+            pending = leftover
             continue
-        return head, reader.leftover, received
+        return head, leftover, received

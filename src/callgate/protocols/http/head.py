@@ -152,6 +152,17 @@ def tokens(value: str | None) -> list[str]:
 # --- finding the end of a head ----------------------------------------------------------------
 
 
+def head_end(data: bytes, *, request: bool) -> int:
+    """Where a head that arrived whole in one read ends: the index just past its CRLFCRLF, when
+    ``data`` holds all of it within :data:`MAX_HEAD_BYTES` and it needs none of what
+    :class:`HeadReader` does for heads in pieces (a request's leading empty lines); else -1,
+    and the bytes go to a HeadReader. The usual case, without building one."""
+    if request and data[:2] == b"\r\n":
+        return -1
+    end = data.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES)
+    return end + 4 if end >= 0 else -1
+
+
 class HeadReader:
     """Collects bytes until a whole head (up to and including the empty line) has arrived.
 
