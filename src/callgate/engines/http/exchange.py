@@ -101,6 +101,7 @@ class Exchange:
         "conn",
         "head",
         "head_bytes",
+        "host",
         "keep_alive",
         "listener",
         "principal",
@@ -126,6 +127,7 @@ class Exchange:
         keep_alive: bool,
         started: float,
         head_bytes: int,
+        host: str,
     ) -> None:
         self.session = session
         self.listener = session.listener
@@ -139,6 +141,8 @@ class Exchange:
         self.keep_alive = keep_alive
         self.started = started
         self.head_bytes = head_bytes
+        #: the caller's Host field ("" without one)
+        self.host = host
         self.review_id: str | None = None
         #: the response head went to the caller: an error now can only cut the connection
         self.relay: ResponseRelay | None = None
@@ -344,7 +348,7 @@ class Exchange:
         out = [("Host", pool.address.authority), *fields]
         out.append(("X-Forwarded-For", session.client_host))
         out.append(("X-Forwarded-Proto", "https" if session.tls else "http"))
-        host = self.target.authority or head.get("host")
+        host = self.target.authority or self.host
         if host:
             out.append(("X-Forwarded-Host", host))
         return out

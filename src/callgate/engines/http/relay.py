@@ -227,8 +227,8 @@ class ResponseRelay:
             elif resp.status >= 200 and resp.status not in (204, 304):
                 fields.append(("Content-Length", "0"))
             await self._write(self._head(fields))
-            return response_keep_alive(resp) and not self._pending
-        content_type = resp.get("content-type")
+            return _keep_alive(resp) and not self._pending
+        content_type = None if plan.bodies_untouched else resp.get("content-type")
         mode = "none" if plan.bodies_untouched else plan.inspection(content_type)
         first = b""
         if mode == "sniff":
@@ -244,10 +244,10 @@ class ResponseRelay:
         else:
             await self._streamed(fields, first, framing)
         return (
-            response_keep_alive(resp)
-            and not isinstance(framing, UntilClose)
-            and self._reader.done
+            self._reader.done
             and not self._extra
+            and not isinstance(framing, UntilClose)
+            and _keep_alive(resp)
         )
 
     async def _at_least(self, n: int) -> bytes:
@@ -346,3 +346,11 @@ class ResponseRelay:
             parts.append(LAST_CHUNK)
         if parts:
             await self._write(parts)
+
+
+def _keep_alive(resp: ResponseHead) -> bool:
+    """Whether the upstream keeps the connection (:func:`response_keep_alive`), without its
+    calls for the usual HTTP/1.1 response that has no Connection field."""
+    if resp.version >= (1, 1) and "connection" not in resp.names:
+        return True
+    return response_keep_alive(resp)

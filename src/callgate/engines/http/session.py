@@ -314,7 +314,8 @@ class HttpSession:
         )
         try:
             principal = self._known_caller(head) or await self.authenticate(head)
-            conn, path = self.route(head, target)
+            host = head.get("host") or ""
+            conn, path = self.route(target, host)
             audited = self._still_audited(principal, conn) or await self.audited(
                 principal, conn, head
             )
@@ -354,6 +355,7 @@ class HttpSession:
             keep_alive=keep,
             started=started,
             head_bytes=len(raw),
+            host=host,
         )
         return exchange
 
@@ -428,12 +430,12 @@ class HttpSession:
         der: bytes | None = ssl_object.getpeercert(binary_form=True)
         return der or None
 
-    def route(self, head: RequestHead, target: Target) -> tuple[ConnectionConfig, str]:
-        """The connection a request is for, and its path inside that connection: a ``Host``
-        mapped by ``connections[].hosts``, else the first path segment."""
+    def route(self, target: Target, host: str) -> tuple[ConnectionConfig, str]:
+        """The connection a request is for, and its path inside that connection: the target's
+        authority or the ``Host`` field mapped by ``connections[].hosts``, else the first path
+        segment."""
         listener = self.listener
-        host = target.authority or head.get("host") or ""
-        mapped = listener.host_route(host)
+        mapped = listener.host_route(target.authority or host)
         if mapped is not None:
             name, path = mapped, target.path
         else:
