@@ -24,8 +24,6 @@ from callgate.protocols.http import (
     body_reader,
 )
 
-#: Bytes read from a caller at a time.
-CLIENT_READ: Final = 64 * 1024
 #: Seconds a caller may leave a started request (head or body) without sending more. Long enough
 #: for a slow mobile link, short enough that idle half-sent requests do not pile up (slowloris).
 CLIENT_READ_TIMEOUT: Final = 60.0

@@ -82,9 +82,8 @@ _NOT_FORWARDED: Final = frozenset(
 _NOT_FORWARDED_SCRUBBED: Final = _NOT_FORWARDED | {"accept-encoding"}
 #: A request target as it may be written on the request line (visible ASCII, RFC 9112 §3.2).
 _TARGET: Final = re.compile(r"/[\x21-\x7e]*")
-#: Injected fields found valid (an injector sends the same few until its secrets rotate), and
-#: how many are remembered at most.
-_INJECTED_VALID: Final[dict[tuple[str, str], None]] = {}
+#: Injected fields found valid are remembered (per listener, emptied on reload) up to this many:
+#: an injector sends the same few until its secrets rotate.
 _INJECTED_VALID_KEPT: Final = 256
 #: Methods whose request carries Content-Length: 0 when it has no body (RFC 9110 §8.6: a user
 #: agent SHOULD send it for methods that define a body).
@@ -372,7 +371,9 @@ class Exchange:
         )
         if injector is not None:
             outgoing = injector.apply_now(outgoing) or await injector.apply(outgoing)
-        head_bytes, chunked = _encode_upstream_head(outgoing, pool, url, target, fields)
+        head_bytes, chunked = _encode_upstream_head(
+            outgoing, pool, url, target, fields, listener.injected_valid
+        )
         # After apply(): the secrets as resolved for this request (an OAuth2 token just fetched).
         scrubber = SecretScrubber(
             listener.secret_set(injector.secret_values()) if injector is not None else NO_SECRETS
@@ -518,11 +519,13 @@ def _encode_upstream_head(
     url: str,
     target: str,
     ours: list[tuple[str, str]],
+    valid: dict[tuple[str, str], None],
 ) -> tuple[bytes, bool]:
     """The request head as sent upstream, and whether its body is chunked. The injector's
     headers are sent as it returned them (an AWS signature covers them); framing is added
     here, last, from the body actually sent. ``url``/``target``/``ours``: what callgate built
-    before the injector ran; only what the injector added or changed is checked again."""
+    before the injector ran; only what the injector added or changed is checked again (and
+    remembered in ``valid`` once found valid)."""
     if out.url != url:
         parts = urlsplit(out.url)
         a = pool.address
@@ -541,7 +544,7 @@ def _encode_upstream_head(
     checked = set(ours)
     fields: list[tuple[str, str]] = []
     for field in out.headers:
-        if field in checked or field in _INJECTED_VALID:
+        if field in checked or field in valid:
             fields.append(field)
             continue
         name, value = field
@@ -549,9 +552,9 @@ def _encode_upstream_head(
             continue
         if not valid_field(name, value):
             raise InternalError(f"the credential injector produced an invalid header {name!r}")
-        if len(_INJECTED_VALID) >= _INJECTED_VALID_KEPT:
-            _INJECTED_VALID.clear()
-        _INJECTED_VALID[field] = None
+        if len(valid) >= _INJECTED_VALID_KEPT:
+            valid.clear()
+        valid[field] = None
         fields.append(field)
     chunked = False
     if out.body is not None:

@@ -65,6 +65,8 @@ class HttpListener:
         self._limits(services)
         self._secret_key: bytes | None = None
         self._secret_sets: dict[tuple[str, ...], SecretSet] = {}
+        #: header fields injectors added that were found valid (see exchange.py)
+        self.injected_valid: dict[tuple[str, str], None] = {}
         self._sock: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -95,6 +97,7 @@ class HttpListener:
         self._connections = self._connection_map(services)
         self._limits(services)
         self._secret_key = None
+        self.injected_valid.clear()
         for cache in (self._pools, self._injectors):
             for name, (old, _) in list(cache.items()):
                 new = services.config.connection(name)

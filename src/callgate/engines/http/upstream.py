@@ -40,7 +40,8 @@ POOL_MAX_IDLE: Final = 64
 #: (uvicorn, gunicorn, Node.js), so callgate nearly always gives up a connection before the
 #: upstream does, and a request rarely lands on a connection the upstream is closing.
 POOL_IDLE_SECONDS: Final = 4.0
-#: Bytes read from an upstream at a time: large reads move big responses in few steps.
+#: Bytes received from an upstream and not relayed yet at which reading pauses (back-pressure
+#: towards the upstream); large enough that big responses move in few steps.
 UPSTREAM_READ: Final = 256 * 1024
 #: Methods whose request may be sent again when a reused connection turned out to be closed
 #: before any response byte arrived (RFC 9110 §9.2.2, idempotent methods).
