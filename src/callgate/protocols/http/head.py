@@ -94,13 +94,7 @@ class RequestHead(NamedTuple):
     def get(self, name: str) -> str | None:
         """The value of the one field ``name`` (lower case), ``None`` if absent. With several
         lines of that name, their values joined by ``", "`` (RFC 9110 §5.3)."""
-        names = self.names
-        # Most lookups are for a field that is absent or appears once: tuple searches in C.
-        if name not in names:
-            return None
-        if names.count(name) == 1:
-            return self.fields[names.index(name)][1]
-        return ", ".join(_get_all(self.fields, names, name))
+        return _get(self.fields, self.names, name)
 
     def get_all(self, name: str) -> list[str]:
         return _get_all(self.fields, self.names, name)
@@ -118,12 +112,7 @@ class ResponseHead(NamedTuple):
     names: tuple[str, ...]
 
     def get(self, name: str) -> str | None:
-        names = self.names
-        if name not in names:
-            return None
-        if names.count(name) == 1:
-            return self.fields[names.index(name)][1]
-        return ", ".join(_get_all(self.fields, names, name))
+        return _get(self.fields, self.names, name)
 
     def get_all(self, name: str) -> list[str]:
         return _get_all(self.fields, self.names, name)
@@ -133,6 +122,16 @@ class ResponseHead(NamedTuple):
 
 
 _new: Final = tuple.__new__
+
+
+def _get(fields: Fields, names: tuple[str, ...], name: str) -> str | None:
+    """``name``'s value, several lines joined by ``", "``; ``None`` if absent."""
+    # Most lookups are for a field that is absent or appears once: tuple searches in C.
+    if name not in names:
+        return None
+    if names.count(name) == 1:
+        return fields[names.index(name)][1]
+    return ", ".join(_get_all(fields, names, name))
 
 
 def _get_all(fields: Fields, names: tuple[str, ...], name: str) -> list[str]:
