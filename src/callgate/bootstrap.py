@@ -58,7 +58,7 @@ class ServiceBundle:
 
 
 async def build_services(config: Config) -> ServiceBundle:
-    store = open_store_from_config(config)
+    store = open_store_from_config(config, serving=True)
     audit = AuditService.from_config(config, store)
     identity = IdentityService.from_config(config, store, audit=audit)
     await identity.start()

@@ -123,6 +123,19 @@ class AppendEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class JournalMark:
+    """Ends a writer item whose events are in the audit journal (:mod:`callgate.store.journal`).
+
+    The transaction that applies the item records ``seq`` as applied. With ``replay``, the events
+    come from a previous process: each session's chain head is read from the store first, and
+    events the store already holds (by ``seq``) are skipped.
+    """
+
+    seq: int
+    replay: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class EndSession:
     """Close a session row and forget its chain head (after the commit)."""
 
@@ -180,6 +193,7 @@ WriteOp = (
     AuditOp
     | InsertSession
     | AppendEvent
+    | JournalMark
     | EndSession
     | InsertApiKey
     | RevokeApiKey

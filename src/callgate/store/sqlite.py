@@ -17,12 +17,14 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from callgate.store.audit_records import AUDIT_OPS
 from callgate.store.base import Store
-from callgate.store.chain import ChainBatch, ChainHeads
+from callgate.store.chain import ZERO_HASH, ChainBatch, ChainHeads
+from callgate.store.checkpoints import AuditWriterSettings
 from callgate.store.errors import StoreBusy, StoreConflict, StoreError, StoreUnavailable
+from callgate.store.journal import EventJournal, JournalBusy, journal_path
 from callgate.store.records import (
     ApiKeyRecord,
     AppendEvent,
@@ -31,6 +33,7 @@ from callgate.store.records import (
     InsertApiKey,
     InsertSession,
     InsertSessionToken,
+    JournalMark,
     RevokeApiKey,
     RevokeSessionToken,
     SessionRecord,
@@ -214,6 +217,46 @@ class _Checkpointer:
             log.debug("checkpoint of %s failed: %s", self._path, exc)
 
 
+_JOURNAL_APPLIED = (
+    "INSERT INTO store_meta (key, value) VALUES ('journal_applied', ?)"
+    " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+
+
+def _replay_events(
+    conn: sqlite3.Connection,
+    chain: ChainBatch,
+    replay: Sequence[WriteOp],
+    events: list[AppendEvent],
+    heads: dict[str, int | None],
+) -> None:
+    """Queue a previous process's journaled events: each session's chain continues from the
+    store's last event; events the store already has are skipped (``heads``: session → last
+    ``seq`` in the store, ``None`` for a session the store does not know)."""
+    for op in replay:
+        assert type(op) is AppendEvent and op.session_id is not None and op.seq is not None
+        sid = op.session_id
+        if sid not in heads:
+            known = conn.execute("SELECT 1 FROM sessions WHERE id = ?", (sid,)).fetchone()
+            if known is None:
+                log.warning("audit journal: events of unknown session %s not replayed", sid)
+                heads[sid] = None
+                continue
+            last = conn.execute(
+                "SELECT seq, hash FROM events WHERE session_id = ? ORDER BY seq DESC LIMIT 1",
+                (sid,),
+            ).fetchone()
+            seq, digest = (int(last[0]), str(last[1])) if last is not None else (0, ZERO_HASH)
+            chain.set_head(sid, seq, digest)
+            chain.close(sid)  # a previous process's session: not live here
+            heads[sid] = seq
+        head = heads[sid]
+        if head is None or op.seq <= head:
+            continue
+        events.append(op)
+        heads[sid] = op.seq
+
+
 class _SqliteSink:
     """The writer thread's side: applies batches of write operations in one transaction."""
 
@@ -223,6 +266,7 @@ class _SqliteSink:
         self._checkpointer = checkpointer
         self._conn: sqlite3.Connection | None = None
         self._file_id: tuple[int, int] | None = None
+        self._watch = -1  # a read-only descriptor of the database file (see file_ok)
         self._heads = ChainHeads()
         #: checkpoints, event ids, outbox rows (callgate.store.sqlite_audit)
         self.audit = SqliteAudit()
@@ -232,6 +276,11 @@ class _SqliteSink:
         # The checkpointer thread does this work (see _Checkpointer).
         self._conn.execute("PRAGMA wal_autocheckpoint = 0")
         self._file_id = self._identity()
+        self._watch = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        st = os.fstat(self._watch)
+        if (st.st_dev, st.st_ino) != self._file_id:  # replaced in between: no fast path
+            os.close(self._watch)
+            self._watch = -1
         row = self._conn.execute(
             "SELECT seq, hash FROM events WHERE session_id IS NULL ORDER BY seq DESC LIMIT 1"
         ).fetchone()
@@ -251,10 +300,29 @@ class _SqliteSink:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        if self._watch >= 0:
+            os.close(self._watch)
+            self._watch = -1
 
     def _identity(self) -> tuple[int, int]:
         st = os.stat(self._path)
         return st.st_dev, st.st_ino
+
+    def file_ok(self) -> bool:
+        """Like :meth:`_check_file`, from a descriptor of our own (a removed file, or one another
+        was renamed over, has no link left); cheaper than a ``stat`` of the path."""
+        try:
+            return self._watch >= 0 and os.fstat(self._watch).st_nlink > 0
+        except OSError:
+            return False
+
+    def journal_applied(self) -> int:
+        if self._conn is None:
+            raise StoreUnavailable("store write failed: not open")
+        row = self._conn.execute(
+            "SELECT value FROM store_meta WHERE key = 'journal_applied'"
+        ).fetchone()
+        return int(row[0]) if row is not None else 0
 
     def _check_file(self) -> None:
         """SQLite keeps writing to a database file that was deleted or replaced (it holds the open
@@ -296,11 +364,21 @@ class _SqliteSink:
         audit = self.audit
         tx = TxState()
         now = time.time()
+        journal_seq = 0
+        replayed: dict[str, int | None] = {}
         conn.execute("BEGIN IMMEDIATE")
         try:
             for ops in batch:
                 if len(ops) == 1 and type(ops[0]) is AppendEvent:  # the common item
                     events.append(ops[0])
+                    results.append(_ONE_NONE)
+                elif ops and type(ops[-1]) is JournalMark:  # events in the audit journal
+                    mark = ops[-1]
+                    if mark.replay:
+                        _replay_events(conn, chain, ops[:-1], events, replayed)
+                    else:
+                        events.extend(ops[:-1])  # type: ignore[arg-type]
+                    journal_seq = max(journal_seq, mark.seq)
                     results.append(_ONE_NONE)
                 else:
                     slow = True
@@ -317,6 +395,8 @@ class _SqliteSink:
             if events:
                 # Events are linked in queue order; other ops do not touch the events table.
                 audit.insert_events(conn, chain, events, now)
+            if journal_seq:
+                conn.execute(_JOURNAL_APPLIED, (str(journal_seq),))
             written, pending = audit.finish(conn, chain, tx, now)
             conn.execute("COMMIT")
         except BaseException:
@@ -444,9 +524,16 @@ class SqliteStore(SqliteAuditReads, Store):
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         max_batch: int = MAX_BATCH_ITEMS,
         writer: str = "loop",
+        journal: bool = False,
     ) -> None:
         """``writer``: ``loop`` (group commit on the event loop's thread; the default) or
-        ``thread`` (a writer thread of its own, for callers that write from several threads)."""
+        ``thread`` (a writer thread of its own, for callers that write from several threads).
+
+        ``journal``: keep an audit journal beside the database (:mod:`callgate.store.journal`;
+        the serving gateway does, with the loop writer): strict writes of session events are
+        acknowledged once appended to it. Journaled events a previous process left unapplied are
+        replayed by :meth:`configure_audit` (or the first write). When another process holds the
+        journal, this one runs without."""
         self._path = Path(path)
         if not self._path.parent.is_dir():
             raise StoreUnavailable(f"store directory {self._path.parent} does not exist")
@@ -459,21 +546,52 @@ class SqliteStore(SqliteAuditReads, Store):
         self._read_lock = threading.Lock()
         self._checkpointer = _Checkpointer(self._path, busy_timeout)
         self._writer: GroupCommitWriter | LoopWriter
+        event_journal: EventJournal | None = None
         if writer == "thread":
+            if journal:
+                raise ValueError("the audit journal needs the loop writer")
             sink = _SqliteSink(self._path, busy_timeout, self._checkpointer)
             self._writer = GroupCommitWriter(sink, max_batch=max_batch)
         else:
             # The loop must never sleep on SQLite's lock: the writer retries instead.
             sink = _SqliteSink(self._path, 0.0, self._checkpointer)
-            self._writer = LoopWriter(sink, max_batch=max_batch, busy_timeout=busy_timeout)
+            event_journal = self._open_journal() if journal else None
+            self._writer = LoopWriter(
+                sink, max_batch=max_batch, busy_timeout=busy_timeout, journal=event_journal
+            )
+        self._journaled = isinstance(self._writer, LoopWriter) and event_journal is not None
         self.audit_state = sink.audit
         try:
             self._writer.start()
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, StoreUnavailable) as exc:
             self._reader.close()
-            raise StoreUnavailable(f"cannot open store {self._path}: {exc}") from exc
+            if event_journal is not None:
+                event_journal.close()
+            message = exc.message if isinstance(exc, StoreUnavailable) else str(exc)
+            raise StoreUnavailable(f"cannot open store {self._path}: {message}") from exc
         self._checkpointer.start()
         self._closed = False
+
+    def _open_journal(self) -> EventJournal | None:
+        event_journal = EventJournal(journal_path(self._path))
+        try:
+            event_journal.open()
+        except JournalBusy:
+            log.info(
+                "audit journal %s is held by another gateway: strict writes wait for the store",
+                event_journal.path,
+            )
+            return None
+        return event_journal
+
+    def configure_audit(self, settings: AuditWriterSettings) -> None:
+        super().configure_audit(settings)
+        if isinstance(self._writer, LoopWriter):
+            # the previous run's journaled events, with outbox rows for the configured sinks,
+            # before anything else (a CloseInterrupted must find them in the store)
+            applied = self._writer.replay_journal()
+            if applied:
+                log.warning("audit journal: %d record(s) replayed into the store", applied)
 
     def _create_private(self) -> None:
         """Create the database file readable by its owner only (it holds the audit trail); SQLite
@@ -513,6 +631,10 @@ class SqliteStore(SqliteAuditReads, Store):
         self._writer.put(ops, None)
 
     async def commit(self, ops: Sequence[WriteOp]) -> tuple[object, ...]:
+        if self._journaled:
+            done = cast(LoopWriter, self._writer).journaled(ops)
+            if done is not None:
+                return done
         waiter: asyncio.Future[tuple[object, ...]] = asyncio.get_running_loop().create_future()
         self._writer.put(ops, waiter)
         return await waiter

@@ -54,11 +54,17 @@ def open_store(
     )
 
 
-def open_store_from_config(config: Config) -> Store:
-    """Open ``gateway.store``; a SQLite path already resolved by the config wins over the URL."""
+def open_store_from_config(config: Config, *, serving: bool = False) -> Store:
+    """Open ``gateway.store``; a SQLite path already resolved by the config wins over the URL.
+
+    ``serving``: for the gateway itself, whose SQLite store keeps the audit journal (and replays
+    what a crashed run left in it); CLI commands never touch the journal."""
     gateway = config.gateway
     if gateway.store_path is not None:
-        return SqliteStore(gateway.store_path)
+        return SqliteStore(gateway.store_path, journal=serving)
+    path = sqlite_path(gateway.store)
+    if path is not None:
+        return SqliteStore(path, journal=serving)
     return open_store(gateway.store)
 
 

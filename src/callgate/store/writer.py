@@ -16,10 +16,17 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
-from callgate.store.errors import StoreBusy, StoreClosed, StoreError, StoreUnavailable
-from callgate.store.records import WriteOp
+from callgate.store.errors import (
+    StoreBusy,
+    StoreClosed,
+    StoreConflict,
+    StoreError,
+    StoreUnavailable,
+)
+from callgate.store.journal import TRUNCATE_BYTES, EventJournal
+from callgate.store.records import AppendEvent, JournalMark, WriteOp
 
 log = logging.getLogger("callgate.store")
 
@@ -52,8 +59,28 @@ class BatchSink(Protocol):
         ...
 
 
+class JournaledSink(BatchSink, Protocol):
+    """What a backend gives a :class:`LoopWriter` that keeps an audit journal."""
+
+    def journal_applied(self) -> int:
+        """The highest journal sequence number the store has applied (0 if none)."""
+        ...
+
+    def file_ok(self) -> bool:
+        """Whether a write now could reach the store's file (it was not removed or replaced)."""
+        ...
+
+
 #: Seconds the writer waits for work before calling :meth:`BatchSink.idle`.
 IDLE_TICK = 0.5
+
+
+def _journaled(ops: Sequence[WriteOp]) -> bool:
+    return bool(ops) and type(ops[-1]) is JournalMark
+
+
+def _replayed(ops: Sequence[WriteOp]) -> bool:
+    return bool(ops) and type(ops[-1]) is JournalMark and ops[-1].replay
 
 
 def _settle(pairs: list[tuple[Waiter, Outcome]]) -> None:
@@ -239,13 +266,30 @@ class LoopWriter(_WriterState):
     process (a CLI command) holds it, the batch is retried from the loop with growing pauses for up
     to ``busy_timeout`` seconds, and other sessions keep being served meanwhile. Past that, the
     batch fails with :class:`StoreUnavailable` as with the thread writer.
+
+    With a ``journal`` (:mod:`callgate.store.journal`), :meth:`journaled` acknowledges a strict
+    write of session events once it is appended to the journal, together with every unwaited item
+    queued before it, and the events are applied in the next group commit. A journaled item is
+    never dropped: when its transaction fails it is held, nothing queued after it is written
+    (waiters get the error), and every later flush writes the held items first.
     """
 
     def __init__(
-        self, sink: BatchSink, *, max_batch: int = MAX_BATCH_ITEMS, busy_timeout: float = 5.0
+        self,
+        sink: BatchSink,
+        *,
+        max_batch: int = MAX_BATCH_ITEMS,
+        busy_timeout: float = 5.0,
+        journal: EventJournal | None = None,
     ) -> None:
         super().__init__()
         self._sink = sink
+        self._journal = journal
+        #: journaled items a failed write left over (or a previous process's, to replay): first
+        self._held: list[_Item] = []
+        self._held_error: StoreError | None = None
+        self._replaying = False
+        self._journal_applied = 0
         self._max_batch = max_batch
         self._busy_timeout = busy_timeout
         self._pending: list[_Item] = []
@@ -259,6 +303,111 @@ class LoopWriter(_WriterState):
 
     def start(self) -> None:
         self._sink.open()
+        journal = self._journal
+        if journal is None:
+            return
+        applied = cast(JournaledSink, self._sink).journal_applied()
+        self._journal_applied = applied
+        records = journal.recover(applied)
+        if records:
+            log.warning(
+                "audit journal: %d record(s) of a previous run not yet in the store; replaying",
+                len(records),
+            )
+            self._held = [
+                ((*events, JournalMark(seq, replay=True)), None) for seq, events in records
+            ]
+            self._replaying = True
+        elif journal.size:
+            journal.truncate()  # everything in it is applied (or torn)
+
+    def replay_journal(self) -> int:
+        """Apply what a previous process left in the journal, now, in one transaction; raise
+        :class:`StoreUnavailable` if it cannot be. Returns the number of records applied."""
+        if not self._replaying:
+            return 0
+        batch = self._held
+        self._held = []
+        deadline = time.monotonic() + self._busy_timeout
+        pause = BUSY_RETRY_FIRST
+        while True:
+            try:
+                outcomes = self._sink.write([ops for ops, _ in batch])
+            except Exception:
+                log.exception("store writer: unexpected error replaying the audit journal")
+                outcomes = [StoreUnavailable("internal error (see the gateway log)")] * len(batch)
+            if not all(isinstance(o, StoreBusy) for o in outcomes) or time.monotonic() > deadline:
+                break
+            time.sleep(pause)  # at start, before serving: another process holds the lock
+            pause = min(pause * 2, BUSY_RETRY_MAX)
+        failed = [
+            o for o in outcomes if isinstance(o, StoreError) and not isinstance(o, StoreConflict)
+        ]
+        if failed:
+            self._held = batch
+            raise StoreUnavailable(f"cannot apply the audit journal: {failed[0].message}")
+        self._replaying = False
+        self._batches += 1
+        self._settle(batch, outcomes)
+        self._maybe_truncate(force=True)
+        return len(batch)
+
+    def journaled(self, ops: Sequence[WriteOp]) -> tuple[object, ...] | None:
+        """Acknowledge ``ops`` (session events with their ``seq``) once they are in the journal;
+        ``None`` when they must instead wait for the store's commit (no journal, the store or the
+        journal unhealthy, a held or replaying item, or an item queued before them that is not
+        events). Must be called on the event loop's thread, with the loop running."""
+        journal = self._journal
+        if (
+            journal is None
+            or not ops
+            or self._held
+            or self._replaying
+            or not self._healthy
+            or self._retry is not None
+            or self._closed
+        ):
+            return None
+        for op in ops:
+            if type(op) is not AppendEvent or op.session_id is None or op.seq is None:
+                return None
+        # Everything queued before these events must be as durable as they are: the unwaited
+        # items since the last journaled one go into the same record.
+        pending = self._pending
+        start = len(pending)
+        while start:
+            before, waiter = pending[start - 1]
+            if _journaled(before):
+                break
+            if waiter is not None or not before:
+                return None
+            for op in before:
+                if type(op) is not AppendEvent or op.session_id is None or op.seq is None:
+                    return None
+            start -= 1
+        if not cast(JournaledSink, self._sink).file_ok():
+            return None  # the commit will fail and say why
+        if not journal.healthy():
+            log.error(
+                "audit journal %s was removed or replaced; strict writes wait for the store now",
+                journal.path,
+            )
+            self._journal = None
+            return None
+        events = [op for item, _ in pending[start:] for op in item]
+        events.extend(ops)
+        try:
+            seq = journal.append(cast(list[AppendEvent], events))
+        except OSError as exc:
+            log.error("audit journal write failed (%s); strict writes wait for the store now", exc)
+            self._journal = None
+            return None
+        mark = JournalMark(seq)
+        for i in range(start, len(pending)):
+            before, waiter = pending[i]
+            pending[i] = ((*before, mark), waiter)
+        self.put((*ops, mark), None)
+        return (None,) * len(ops)
 
     def put(self, ops: Sequence[WriteOp], waiter: Waiter | None) -> None:
         if self._closed:
@@ -291,8 +440,21 @@ class LoopWriter(_WriterState):
         if self._delayed is not None:
             self._delayed.cancel()
             self._delayed = None
+        if self._held:
+            self._pending[:0] = self._held
+            self._held = []
         while self._pending:
             batch = self._pending[: self._max_batch]
+            if self._replaying:
+                # a previous process's events, in a transaction of their own: a CloseInterrupted
+                # queued after them must see them in the store
+                n = 0
+                while n < len(batch) and _replayed(batch[n][0]):
+                    n += 1
+                if n:
+                    batch = batch[:n]
+                else:
+                    self._replaying = False
             try:
                 outcomes = self._sink.write([ops for ops, _ in batch])
             except Exception:
@@ -308,6 +470,34 @@ class LoopWriter(_WriterState):
             self._batches += 1
             self._last_write = time.monotonic()
             self._settle(batch, outcomes)
+            if self._held:
+                # A journaled item failed: nothing queued after it may be written past it.
+                self._fail_pending()
+                return
+            if self._replaying and batch and _replayed(batch[0][0]):
+                self._replaying = False
+                self._maybe_truncate(force=True)
+        if self._journal is not None:
+            self._maybe_truncate()
+
+    def _fail_pending(self) -> None:
+        error = self._held_error or StoreUnavailable("store write failed")
+        rest, self._pending = self._pending, []
+        self._settle(rest, [error] * len(rest))
+
+    def _maybe_truncate(self, *, force: bool = False) -> None:
+        journal = self._journal
+        if (
+            journal is not None
+            and not self._held
+            and self._journal_applied >= journal.last_seq
+            and journal.size > (0 if force else TRUNCATE_BYTES)
+        ):
+            try:
+                journal.truncate()
+            except OSError as exc:
+                log.error("audit journal truncate failed (%s); strict writes wait for commits", exc)
+                self._journal = None
 
     def _retry_later(self) -> bool:
         now = time.monotonic()
@@ -326,7 +516,17 @@ class LoopWriter(_WriterState):
 
     def _settle(self, batch: list[_Item], outcomes: Sequence[Outcome]) -> None:
         unavailable = False
-        for (_, waiter), outcome in zip(batch, outcomes, strict=True):
+        applied = self._journal_applied
+        for item, outcome in zip(batch, outcomes, strict=True):
+            ops, waiter = item
+            if ops and type(ops[-1]) is JournalMark:
+                if isinstance(outcome, StoreError) and not isinstance(outcome, StoreConflict):
+                    # in the journal, acknowledged: kept, and written before anything else
+                    self._held.append(item)
+                    self._held_error = outcome
+                    unavailable = True
+                    continue
+                applied = max(applied, ops[-1].seq)
             if isinstance(outcome, StoreError):
                 unavailable = unavailable or isinstance(outcome, StoreUnavailable)
                 if waiter is None:
@@ -336,7 +536,9 @@ class LoopWriter(_WriterState):
                     waiter.set_exception(outcome)
                 else:
                     waiter.set_result(outcome)
-        self._healthy = not unavailable
+        self._journal_applied = applied
+        # acknowledged events not yet in the store: unhealthy until they are
+        self._healthy = not unavailable and not self._held
 
     def _arm_idle(self) -> None:
         if self._loop is None or self._closed:
@@ -346,7 +548,9 @@ class LoopWriter(_WriterState):
     def _on_idle_tick(self) -> None:
         if self._closed:
             return
-        if not self._pending and time.monotonic() - self._last_write >= IDLE_TICK:
+        if self._held and not self._pending and not self._scheduled and self._retry is None:
+            self._flush()  # retry the journaled items a failed write left over
+        elif not self._pending and time.monotonic() - self._last_write >= IDLE_TICK:
             try:
                 self._sink.idle()
             except Exception:
@@ -363,6 +567,9 @@ class LoopWriter(_WriterState):
             self._delayed.cancel()
             self._delayed = None
         self._retry = None
+        if self._held:
+            self._pending[:0] = self._held
+            self._held = []
         if self._pending:
             batch, self._pending = self._pending, []
             try:
@@ -371,4 +578,8 @@ class LoopWriter(_WriterState):
                 outcomes = [StoreClosed()] * len(batch)
             self._settle(batch, outcomes)
         self._closed = True
+        if self._journal is not None:
+            # what a failed last write held stays in the journal for the next start
+            self._maybe_truncate(force=True)
+            self._journal.close()
         self._sink.close()

@@ -1,0 +1,184 @@
+"""The audit journal: strict-durability session events, acknowledged after one append.
+
+Under ``durability: strict`` a statement is not forwarded until its audit event is durable. With a
+SQLite store that used to mean one SQLite commit per turn of the event loop, awaited by every
+session. The serving gateway instead appends the events to this file (one ``write`` of one
+record), acknowledges them at once and applies them to SQLite in the next group commit, a few
+milliseconds later, as it does for ``async`` events. An append survives the gateway process being
+killed exactly as a SQLite commit in WAL mode with ``synchronous = NORMAL`` does (the data is in
+the kernel's page cache); neither survives a power loss before the kernel writes it back.
+
+Each SQLite transaction that applies journaled events records the highest journal sequence number
+it applied (``store_meta.journal_applied``) in the same transaction. On start the gateway replays
+every record past that number (see :meth:`EventJournal.recover`), then truncates the file; while
+it runs, the file is truncated whenever everything in it has been applied and it has grown past
+:data:`TRUNCATE_BYTES`.
+
+Record layout (little-endian): ``u32 body length, u32 CRC-32 of the body, u64 sequence number``,
+then the body: the record's events, each ``session_id 0x1f seq 0x1f repr(ts) 0x1f type 0x1f
+payload 0x1e`` in UTF-8. Payloads are canonical JSON, which escapes every control character, so
+the separators cannot occur inside a field. A record whose length or CRC does not match (a write
+torn by the crash) ends the replay.
+
+One gateway process holds the journal at a time (an exclusive ``flock``); another process that
+opens the same store runs without one, committing strict events to SQLite before acknowledging
+them as before.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from callgate.store.errors import StoreUnavailable
+from callgate.store.records import AppendEvent
+
+log = logging.getLogger("callgate.store")
+
+#: Header of one record: body length, CRC-32 of the body, sequence number.
+_HEADER = struct.Struct("<IIQ")
+
+#: Once everything in the journal is applied, it is truncated when it is larger than this.
+TRUNCATE_BYTES = 1 << 20
+
+#: Largest record body accepted on replay (a corrupt length must not allocate gigabytes).
+MAX_RECORD_BYTES = 64 << 20
+
+_FIELD = "\x1f"
+_END = "\x1e"
+
+
+def journal_path(db_path: Path) -> Path:
+    """``<db>.audit-journal``: beside the database (SQLite's own files are ``<db>-wal``,
+    ``<db>-shm`` and ``<db>-journal``)."""
+    return db_path.with_name(db_path.name + ".audit-journal")
+
+
+def encode(events: Iterable[AppendEvent]) -> bytes:
+    return "".join(
+        f"{e.session_id}{_FIELD}{e.seq}{_FIELD}{e.ts!r}{_FIELD}{e.type}{_FIELD}{e.payload}{_END}"
+        for e in events
+    ).encode("utf-8")
+
+
+def decode(body: bytes) -> list[AppendEvent]:
+    events: list[AppendEvent] = []
+    text = body.decode("utf-8")
+    if not text.endswith(_END):
+        raise ValueError("record does not end with an event separator")
+    for part in text[:-1].split(_END):
+        sid, seq, ts, type_, payload = part.split(_FIELD)
+        events.append(AppendEvent(sid, int(seq), float(ts), type_, payload))
+    return events
+
+
+class JournalBusy(Exception):
+    """Another process holds the journal."""
+
+
+class EventJournal:
+    """An append-only file of journal records, owned by the event loop's thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = -1
+        self.last_seq = 0
+        self._size = 0
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create (0600) or open the file and take its lock; :class:`JournalBusy` if another
+        process holds it, :class:`StoreUnavailable` if it cannot be opened."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            message = f"cannot open audit journal {self.path}: {exc.strerror}"
+            raise StoreUnavailable(message) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise JournalBusy(str(self.path)) from None
+        except OSError as exc:
+            os.close(fd)
+            message = f"cannot lock audit journal {self.path}: {exc.strerror}"
+            raise StoreUnavailable(message) from exc
+        self._fd = fd
+        self._size = os.fstat(fd).st_size
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # releases the lock
+            self._fd = -1
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def recover(self, applied: int) -> list[tuple[int, list[AppendEvent]]]:
+        """Records past ``applied`` (``store_meta.journal_applied``), in order, up to the first
+        torn or corrupt one; sets :attr:`last_seq` so later appends number on from both."""
+        with open(self.path, "rb") as f:
+            data = f.read()
+        records: list[tuple[int, list[AppendEvent]]] = []
+        last = applied
+        pos = 0
+        while pos < len(data):
+            if len(data) - pos < _HEADER.size:
+                log.warning("audit journal %s: torn record at byte %d ignored", self.path, pos)
+                break
+            length, crc, seq = _HEADER.unpack_from(data, pos)
+            body = data[pos + _HEADER.size : pos + _HEADER.size + length]
+            if length > MAX_RECORD_BYTES or len(body) != length or zlib.crc32(body) != crc:
+                log.warning("audit journal %s: torn record at byte %d ignored", self.path, pos)
+                break
+            try:
+                events = decode(body)
+            except ValueError as exc:
+                log.warning("audit journal %s: bad record at byte %d: %s", self.path, pos, exc)
+                break
+            pos += _HEADER.size + length
+            last = max(last, seq)
+            if seq > applied:
+                records.append((seq, events))
+        if pos < len(data):
+            # cut the torn tail, so that records appended from now on follow good ones
+            os.ftruncate(self._fd, pos)
+            self._size = pos
+        self.last_seq = last
+        return records
+
+    # --- the hot path ---------------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        """Whether the file this process writes still has a name (it was not removed, nor
+        replaced by a rename over it); cheaper than a ``stat`` of the path."""
+        try:
+            return os.fstat(self._fd).st_nlink > 0
+        except OSError:
+            return False
+
+    def append(self, events: Sequence[AppendEvent]) -> int:
+        """Write one record; return its sequence number. Raises :class:`OSError`."""
+        body = encode(events)
+        seq = self.last_seq + 1
+        record = _HEADER.pack(len(body), zlib.crc32(body), seq) + body
+        written = os.write(self._fd, record)
+        if written != len(record):
+            # A short write (disk full): the torn tail is ignored on replay, and the next append
+            # would follow it, so it must not be acknowledged; nor may later ones.
+            raise OSError(f"short write to the audit journal ({written} of {len(record)} bytes)")
+        self.last_seq = seq
+        self._size += written
+        return seq
+
+    def truncate(self) -> None:
+        """Empty the file; only when every record in it has been applied."""
+        os.ftruncate(self._fd, 0)
+        self._size = 0

@@ -1,0 +1,390 @@
+"""The audit journal of the serving gateway's SQLite store (callgate.store.journal): strict event
+writes acknowledged once appended, applied in the next group commit, replayed after a crash.
+
+A crash is a real one: a child process opens the store, writes, and ends with ``os._exit`` (no
+flush, no close), as ``kill -9`` would leave it; the test then opens the store as the restarted
+gateway does."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from callgate.store import (
+    AppendEvent,
+    AuditWriterSettings,
+    CloseInterrupted,
+    InsertSession,
+    SessionRecord,
+    SqliteStore,
+    StoreUnavailable,
+    first_broken_link,
+)
+from callgate.store.journal import EventJournal, journal_path
+
+CHILD_PRELUDE = """
+import asyncio, os, sys
+from pathlib import Path
+from callgate.store import AppendEvent, InsertSession, SessionRecord, SqliteStore
+
+def session(sid):
+    return SessionRecord(id=sid, subject="alice", groups=("dba",), auth_method="api_key",
+        credential_id="k", issuer=None, connection="orders", protocol="postgres",
+        client_addr="10.0.0.1:5555", client_user="app", application_name="psql", tls=True,
+        started_at=1000.0)
+
+def event(sid, seq):
+    return AppendEvent(sid, seq, 1000.0 + seq, "query", '{"n":%d}' % seq)
+
+db = Path(sys.argv[1])
+"""
+
+
+def _session(sid: str) -> SessionRecord:
+    return SessionRecord(
+        id=sid,
+        subject="alice",
+        groups=("dba",),
+        auth_method="api_key",
+        credential_id="k",
+        issuer=None,
+        connection="orders",
+        protocol="postgres",
+        client_addr="10.0.0.1:5555",
+        client_user="app",
+        application_name="psql",
+        tls=True,
+        started_at=1000.0,
+    )
+
+
+def _event(sid: str, seq: int) -> AppendEvent:
+    return AppendEvent(sid, seq, 1000.0 + seq, "query", '{"n":%d}' % seq)
+
+
+def _child(db: Path, body: str) -> None:
+    script = CHILD_PRELUDE + textwrap.dedent(body)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(db)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def _events(db: Path, sid: str) -> list[tuple[int, str]]:
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute(
+            "SELECT seq, type FROM events WHERE session_id = ? ORDER BY seq", (sid,)
+        ).fetchall()
+    finally:
+        conn.close()
+    return [(int(r[0]), str(r[1])) for r in rows]
+
+
+def _journal_applied(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        row = conn.execute("SELECT value FROM store_meta WHERE key = 'journal_applied'").fetchone()
+    finally:
+        conn.close()
+    return int(row[0]) if row is not None else 0
+
+
+async def _verify(store: SqliteStore, sid: str) -> None:
+    events = await store.session_events(sid)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert first_broken_link(events) is None
+
+
+def test_a_strict_event_is_acknowledged_from_the_journal_and_applied_in_the_next_commit(
+    db_path: Path,
+) -> None:
+    async def main() -> None:
+        store = SqliteStore(db_path, journal=True)
+        try:
+            await store.commit((InsertSession(_session("s1")), _event("s1", 1)))
+            before = store.write_batches
+            assert await store.commit((_event("s1", 2),)) == (None,)
+            # acknowledged without a SQLite commit: the event is in the journal only, for now
+            assert store.write_batches == before
+            assert _events(db_path, "s1") == [(1, "query")]
+            assert journal_path(db_path).stat().st_size > 0
+            for _ in range(200):
+                await asyncio.sleep(0.005)
+                if store.write_batches > before:
+                    break
+            assert _events(db_path, "s1") == [(1, "query"), (2, "query")]
+            assert _journal_applied(db_path) >= 1
+            await _verify(store, "s1")
+        finally:
+            await store.close()
+        journal = journal_path(db_path)
+        assert stat.S_IMODE(journal.stat().st_mode) == 0o600
+        assert journal.stat().st_size == 0  # everything applied: emptied on close
+
+    asyncio.run(main())
+
+
+def test_a_crash_loses_no_acknowledged_event_and_the_restart_replays_them(db_path: Path) -> None:
+    _child(
+        db_path,
+        """
+        async def main():
+            store = SqliteStore(db, journal=True)
+            await store.commit((InsertSession(session("s1")), event("s1", 1)))
+            await store.commit((InsertSession(session("s2")), event("s2", 1)))
+            store.submit((event("s1", 2),))  # unwaited (a result): goes into the next record
+            for seq in range(3, 8):
+                await store.commit((event("s1", seq),))
+                await store.commit((event("s2", seq - 1),))
+            os._exit(0)  # the crash: nothing flushed, nothing closed
+
+        asyncio.run(main())
+        """,
+    )
+    assert _events(db_path, "s1") == [(1, "query")]
+    assert journal_path(db_path).stat().st_size > 0
+
+    async def restart() -> None:
+        store = SqliteStore(db_path, journal=True)
+        try:
+            store.configure_audit(AuditWriterSettings())
+            assert [s for s, _ in _events(db_path, "s1")] == list(range(1, 8))
+            assert [s for s, _ in _events(db_path, "s2")] == list(range(1, 7))
+            await _verify(store, "s1")
+            await _verify(store, "s2")
+            assert journal_path(db_path).stat().st_size == 0
+            # the interrupted sessions are then closed after their replayed events
+            (closed,) = await store.commit((CloseInterrupted(None, 2000.0, "ended by crash"),))
+            assert set(closed) == {"s1", "s2"}  # type: ignore[arg-type]
+            assert _events(db_path, "s1")[-1] == (8, "session.end")
+            await _verify(store, "s1")
+        finally:
+            await store.close()
+
+    asyncio.run(restart())
+
+
+def test_a_torn_last_record_is_ignored_and_later_appends_still_replay(db_path: Path) -> None:
+    _child(
+        db_path,
+        """
+        async def main():
+            store = SqliteStore(db, journal=True)
+            await store.commit((InsertSession(session("s1")), event("s1", 1)))
+            await store.commit((event("s1", 2),))
+            await store.commit((event("s1", 3),))
+            os._exit(0)
+
+        asyncio.run(main())
+        """,
+    )
+    journal = journal_path(db_path)
+    whole = journal.read_bytes()
+    # the crash tore the last record: half of it reached the file
+    second = whole[: len(whole) - (len(whole) // 2) // 2]
+    journal.write_bytes(second)
+
+    async def restart() -> None:
+        store = SqliteStore(db_path, journal=True)
+        try:
+            store.configure_audit(AuditWriterSettings())
+            assert [s for s, _ in _events(db_path, "s1")] == [1, 2]
+            await _verify(store, "s1")
+        finally:
+            await store.close()
+
+    asyncio.run(restart())
+    assert journal.stat().st_size == 0
+
+
+def test_replay_skips_events_the_store_already_holds(db_path: Path) -> None:
+    """A record applied but not yet marked (a batch split) must not be written twice."""
+    _child(
+        db_path,
+        """
+        async def main():
+            store = SqliteStore(db, journal=True)
+            await store.commit((InsertSession(session("s1")), event("s1", 1)))
+            await store.commit((event("s1", 2),))
+            await store.flush()
+            await store.commit((event("s1", 3),))
+            os._exit(0)
+
+        asyncio.run(main())
+        """,
+    )
+    # forget that record 1 was applied, as if its mark had not been committed
+    conn = sqlite3.connect(db_path)
+    conn.execute("DELETE FROM store_meta WHERE key = 'journal_applied'")
+    conn.commit()
+    conn.close()
+    journal = journal_path(db_path)
+    if journal.stat().st_size == 0:
+        pytest.fail("the child's journal was emptied; the test needs its records")
+
+    async def restart() -> None:
+        store = SqliteStore(db_path, journal=True)
+        try:
+            store.configure_audit(AuditWriterSettings())
+            assert [s for s, _ in _events(db_path, "s1")] == [1, 2, 3]
+            await _verify(store, "s1")
+        finally:
+            await store.close()
+
+    asyncio.run(restart())
+
+
+def test_a_second_process_runs_without_the_journal_and_waits_for_commits(db_path: Path) -> None:
+    holder = EventJournal(journal_path(db_path))
+    holder.open()  # another gateway holds it
+
+    async def main() -> None:
+        store = SqliteStore(db_path, journal=True)
+        try:
+            await store.commit((InsertSession(_session("s1")), _event("s1", 1)))
+            before = store.write_batches
+            await store.commit((_event("s1", 2),))
+            assert store.write_batches > before  # committed before the acknowledgement
+            assert [s for s, _ in _events(db_path, "s1")] == [1, 2]
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        holder.close()
+    assert journal_path(db_path).stat().st_size == 0
+
+
+def test_a_removed_database_fails_strict_writes_instead_of_journaling_them(db_path: Path) -> None:
+    async def main() -> None:
+        store = SqliteStore(db_path, journal=True)
+        try:
+            await store.commit((InsertSession(_session("s1")), _event("s1", 1)))
+            size = journal_path(db_path).stat().st_size
+            for suffix in ("", "-wal", "-shm"):
+                path = Path(f"{db_path}{suffix}")
+                if path.exists():
+                    path.unlink()
+            with pytest.raises(StoreUnavailable, match="removed"):
+                await store.commit((_event("s1", 2),))
+            assert journal_path(db_path).stat().st_size == size
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_removed_journal_turns_journaling_off_and_writes_still_commit(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        store = SqliteStore(db_path, journal=True)
+        try:
+            await store.commit((InsertSession(_session("s1")), _event("s1", 1)))
+            journal_path(db_path).unlink()
+            before = store.write_batches
+            await store.commit((_event("s1", 2),))
+            assert store.write_batches > before
+            assert [s for s, _ in _events(db_path, "s1")] == [1, 2]
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+    assert "was removed or replaced" in caplog.text
+
+
+def test_a_journaled_event_whose_commit_fails_is_held_and_written_first_later(
+    db_path: Path,
+) -> None:
+    """The store is locked by another process past the busy timeout: the acknowledged event is
+    kept, later strict writes fail (fail closed) rather than overtake it, and once the lock is
+    gone it is written, ahead of everything after it, with the chain intact."""
+
+    async def main() -> None:
+        store = SqliteStore(db_path, journal=True, busy_timeout=0.2)
+        locker = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            await store.commit((InsertSession(_session("s1")), _event("s1", 1)))
+            locker.execute("BEGIN IMMEDIATE")
+            await store.commit((_event("s1", 2),))  # journaled, acknowledged
+            await asyncio.sleep(0.4)  # its commit gave up
+            assert not store.healthy
+            with pytest.raises(StoreUnavailable):
+                await store.commit((_event("s1", 3),))
+            locker.execute("ROLLBACK")
+            for _ in range(100):  # the idle tick retries what is held
+                await asyncio.sleep(0.05)
+                if len(_events(db_path, "s1")) == 2:
+                    break
+            assert [s for s, _ in _events(db_path, "s1")] == [1, 2]
+            await store.commit((_event("s1", 3),))
+            await store.flush()
+            assert [s for s, _ in _events(db_path, "s1")] == [1, 2, 3]
+            await _verify(store, "s1")
+        finally:
+            locker.close()
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_an_unreplayable_journal_stops_the_gateway_from_starting(db_path: Path) -> None:
+    _child(
+        db_path,
+        """
+        async def main():
+            store = SqliteStore(db, journal=True)
+            await store.commit((InsertSession(session("s1")), event("s1", 1)))
+            await store.commit((event("s1", 2),))
+            os._exit(0)
+
+        asyncio.run(main())
+        """,
+    )
+    store = SqliteStore(db_path, journal=True, busy_timeout=0.1)
+    locker = sqlite3.connect(db_path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")  # another process holds the lock past the busy timeout
+    try:
+        with pytest.raises(StoreUnavailable, match="cannot apply the audit journal"):
+            store.configure_audit(AuditWriterSettings())
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+        asyncio.run(store.close())
+    # nothing was lost: closing wrote what was held, once the lock was gone
+    assert _events(db_path, "s1") == [(1, "query"), (2, "query")]
+    assert journal_path(db_path).stat().st_size == 0
+
+
+def test_cli_stores_never_touch_the_journal(db_path: Path) -> None:
+    _child(
+        db_path,
+        """
+        async def main():
+            store = SqliteStore(db, journal=True)
+            await store.commit((InsertSession(session("s1")), event("s1", 1)))
+            await store.commit((event("s1", 2),))
+            os._exit(0)
+
+        asyncio.run(main())
+        """,
+    )
+    size = journal_path(db_path).stat().st_size
+
+    async def cli() -> None:
+        async with SqliteStore(db_path) as store:
+            assert [e.seq for e in await store.session_events("s1")] == [1]
+
+    asyncio.run(cli())
+    assert journal_path(db_path).stat().st_size == size
+    assert os.path.exists(journal_path(db_path))
