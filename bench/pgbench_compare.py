@@ -1,7 +1,12 @@
 """pgbench through nothing, through pgbouncer and through callgate, in one run, with ratios.
 
-    .venv/bin/python -m bench.pgbench_compare [--duration 15] [--clients 1,8] [--mode simple]
-        [--connect] [--targets direct,pgbouncer,callgate,callgate-async] [--scale 10]
+    .venv/bin/python -m bench.pgbench_compare [--duration 10] [--rounds 3] [--clients 1,8]
+        [--mode simple] [--connect] [--targets direct,pgbouncer,callgate,callgate-async]
+        [--scale 10]
+
+Every target is started first; then each round runs every (target, clients) leg in turn, and the
+table shows each leg's median over the rounds, so that drift in a shared machine's speed hits
+every target alike instead of whichever ran during it.
 
 (``make bench`` runs it with ``BENCH_ARGS``.) Results go to bench/results/latest.json. The callgate
 legs run ``callgate serve`` with ``audit.durability: strict`` ("callgate") and ``async``
@@ -17,6 +22,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -115,6 +121,8 @@ class LegResult:
     transactions: int | None = None
     failed: int | None = None
     error: str | None = None
+    #: TPS of each round (the median of which is ``tps``)
+    rounds: list[float] = field(default_factory=list)
 
 
 class LegFailed(RuntimeError):
@@ -275,39 +283,62 @@ def callgate_endpoint(
         gw.stop()
 
 
-def run_target(
-    target: str, upstream: Endpoint, clients: Sequence[int], args: argparse.Namespace
-) -> list[LegResult]:
-    """Start what ``target`` needs, run every client count against it, stop it."""
+def start_target(
+    stack: ExitStack, target: str, upstream: Endpoint
+) -> tuple[Endpoint, Gateway | None]:
+    """Start what ``target`` needs (until ``stack`` closes); raises GatewayError/PgbouncerError."""
+    if target == "direct":
+        return upstream, None
+    if target == "pgbouncer":
+        bouncer = stack.enter_context(running_pgbouncer(upstream.dbname, upstream.user))
+        return Endpoint(bouncer.host, bouncer.port, upstream.user, upstream.dbname), None
+    workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cg-bench-")))
+    return stack.enter_context(
+        callgate_endpoint(CALLGATE_DURABILITY[target], upstream, workdir, POLICIES_OF.get(target))
+    )
 
-    def failed_all(error: str) -> list[LegResult]:
-        print(f"  {target}: FAILED\n{_indent(error)}", flush=True)
-        return [LegResult(target, c, ok=False, error=error) for c in clients]
 
-    gw: Gateway | None = None
+def median_leg(legs: list[LegResult]) -> LegResult:
+    """One leg from its rounds: the median TPS and latency; failed if any round failed."""
+    bad = [leg for leg in legs if not leg.ok]
+    if bad:
+        return bad[0]
+    return LegResult(
+        legs[0].target,
+        legs[0].clients,
+        ok=True,
+        tps=statistics.median(leg.tps or 0.0 for leg in legs),
+        latency_ms=statistics.median(leg.latency_ms or 0.0 for leg in legs),
+        transactions=sum(leg.transactions or 0 for leg in legs),
+        failed=sum(leg.failed or 0 for leg in legs),
+        rounds=[leg.tps or 0.0 for leg in legs],
+    )
+
+
+def run_all(upstream: Endpoint, args: argparse.Namespace) -> list[LegResult]:
+    """Start every target, then run ``--rounds`` rounds of every (target, clients) leg in turn,
+    so that a burst of load on a shared machine hits every target alike; report medians."""
+    runs: dict[tuple[str, int], list[LegResult]] = {}
+    failed: list[LegResult] = []
     with ExitStack() as stack:
-        try:
-            if target == "direct":
-                endpoint = upstream
-            elif target == "pgbouncer":
-                bouncer = stack.enter_context(running_pgbouncer(upstream.dbname, upstream.user))
-                endpoint = Endpoint(bouncer.host, bouncer.port, upstream.user, upstream.dbname)
-            else:
-                workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cg-bench-")))
-                endpoint, gw = stack.enter_context(
-                    callgate_endpoint(
-                        CALLGATE_DURABILITY[target], upstream, workdir, POLICIES_OF.get(target)
-                    )
-                )
-        except (GatewayError, PgbouncerError) as e:
-            return failed_all(str(e))
-        results = [run_pgbench(target, endpoint, c, args) for c in clients]
-        for r in results:
-            if not r.ok:
-                print(f"  {target} clients={r.clients}: FAILED\n{_indent(r.error or '')}")
-                if gw is not None:
-                    print(_indent(gw.log_tail(3000)))
-        return results
+        endpoints: dict[str, tuple[Endpoint, Gateway | None]] = {}
+        for target in args.target_list:
+            try:
+                endpoints[target] = start_target(stack, target, upstream)
+            except (GatewayError, PgbouncerError) as e:
+                print(f"  {target}: FAILED\n{_indent(str(e))}", flush=True)
+                failed += [LegResult(target, c, ok=False, error=str(e)) for c in args.client_counts]
+        for n in range(args.rounds):
+            print(f"round {n + 1} of {args.rounds}:", flush=True)
+            for target, (endpoint, gw) in endpoints.items():
+                for c in args.client_counts:
+                    r = run_pgbench(target, endpoint, c, args)
+                    runs.setdefault((target, c), []).append(r)
+                    if not r.ok:
+                        print(f"  {target} clients={c}: FAILED\n{_indent(r.error or '')}")
+                        if gw is not None:
+                            print(_indent(gw.log_tail(3000)))
+    return failed + [median_leg(legs) for legs in runs.values()]
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -409,7 +440,10 @@ def _version(cmd: list[str]) -> str | None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--duration", type=int, default=15, help="seconds per leg (pgbench -T)")
+    p.add_argument("--duration", type=int, default=10, help="seconds per leg (pgbench -T)")
+    p.add_argument(
+        "--rounds", type=int, default=3, help="rounds of every leg in turn; medians reported"
+    )
     p.add_argument("--clients", default="1,8", help="comma-separated client counts (-c and -j)")
     p.add_argument("--mode", default="simple", choices=["simple", "extended", "prepared"])
     p.add_argument("--connect", action="store_true", help="new connection per transaction (-C)")
@@ -443,10 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(ensure_bench_db(args.pg_host, args.pg_port, args.pg_user, args.scale), flush=True)
 
     started = dt.datetime.now(dt.UTC)
-    results: list[LegResult] = []
-    for target in args.target_list:
-        print(f"{target}:", flush=True)
-        results += run_target(target, upstream, args.client_counts, args)
+    results = run_all(upstream, args)
 
     ratio_rows = ratios(results, args.client_counts)
     print_table(results, ratio_rows)
@@ -455,6 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "settings": {
             "duration_s": args.duration,
+            "rounds": args.rounds,
             "clients": args.client_counts,
             "mode": args.mode,
             "connect_per_transaction": args.connect,
