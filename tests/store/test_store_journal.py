@@ -42,7 +42,7 @@ def session(sid):
         started_at=1000.0)
 
 def event(sid, seq):
-    return AppendEvent(sid, seq, 1000.0 + seq, "query", '{"n":%d}' % seq)
+    return AppendEvent(sid, seq, 1000.0 + seq, "query", f'{{"n":{seq}}}')
 
 db = Path(sys.argv[1])
 """
@@ -67,7 +67,7 @@ def _session(sid: str) -> SessionRecord:
 
 
 def _event(sid: str, seq: int) -> AppendEvent:
-    return AppendEvent(sid, seq, 1000.0 + seq, "query", '{"n":%d}' % seq)
+    return AppendEvent(sid, seq, 1000.0 + seq, "query", f'{{"n":{seq}}}')
 
 
 def _child(db: Path, body: str) -> None:
@@ -388,3 +388,60 @@ def test_cli_stores_never_touch_the_journal(db_path: Path) -> None:
     asyncio.run(cli())
     assert journal_path(db_path).stat().st_size == size
     assert os.path.exists(journal_path(db_path))
+
+
+@pytest.mark.parametrize("how", ["remove", "rename over", "move away"])
+def test_the_file_watch_notices_a_file_losing_its_name_without_asking_each_time(
+    tmp_path: Path, how: str
+) -> None:
+    from callgate.store.filewatch import FileWatch
+
+    watched = tmp_path / "callgate.db"
+    other = tmp_path / "other"
+    watched.write_bytes(b"x")
+    other.write_bytes(b"y")
+    fd = os.open(watched, os.O_RDONLY)
+
+    async def main() -> None:
+        watch = FileWatch([(fd, str(watched))])
+        try:
+            assert watch.ok()
+            assert watch._inotify >= 0  # the kernel tells it; no fstat per call
+            os.chmod(watched, 0o600)  # an attribute change that keeps the name: still fine
+            await asyncio.sleep(0.05)
+            assert watch.ok()
+            if how == "remove":
+                watched.unlink()
+            elif how == "rename over":
+                os.replace(other, watched)
+            else:
+                os.replace(watched, tmp_path / "moved")
+            await asyncio.sleep(0.05)  # a turn of the loop delivers the notification
+            assert not watch.ok()
+        finally:
+            watch.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        os.close(fd)
+
+
+def test_a_database_removed_while_serving_stops_the_journal_within_a_turn(db_path: Path) -> None:
+    async def main() -> None:
+        store = SqliteStore(db_path, journal=True)
+        try:
+            await store.commit((InsertSession(_session("s1")), _event("s1", 1)))
+            await store.commit((_event("s1", 2),))  # journaled: the watch is on
+            await store.flush()
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+            await asyncio.sleep(0.05)
+            size = journal_path(db_path).stat().st_size
+            with pytest.raises(StoreUnavailable, match="removed"):
+                await store.commit((_event("s1", 3),))
+            assert journal_path(db_path).stat().st_size == size  # not acknowledged from it
+        finally:
+            await store.close()
+
+    asyncio.run(main())

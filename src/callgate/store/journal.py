@@ -121,6 +121,10 @@ class EventJournal:
     def size(self) -> int:
         return self._size
 
+    @property
+    def fd(self) -> int:
+        return self._fd
+
     def recover(self, applied: int) -> list[tuple[int, list[AppendEvent]]]:
         """Records past ``applied`` (``store_meta.journal_applied``), in order, up to the first
         torn or corrupt one; sets :attr:`last_seq` so later appends number on from both."""
@@ -155,14 +159,6 @@ class EventJournal:
         return records
 
     # --- the hot path ---------------------------------------------------------------------------
-
-    def healthy(self) -> bool:
-        """Whether the file this process writes still has a name (it was not removed, nor
-        replaced by a rename over it); cheaper than a ``stat`` of the path."""
-        try:
-            return os.fstat(self._fd).st_nlink > 0
-        except OSError:
-            return False
 
     def append(self, events: Sequence[AppendEvent]) -> int:
         """Write one record; return its sequence number. Raises :class:`OSError`."""

@@ -308,13 +308,10 @@ class _SqliteSink:
         st = os.stat(self._path)
         return st.st_dev, st.st_ino
 
-    def file_ok(self) -> bool:
-        """Like :meth:`_check_file`, from a descriptor of our own (a removed file, or one another
-        was renamed over, has no link left); cheaper than a ``stat`` of the path."""
-        try:
-            return self._watch >= 0 and os.fstat(self._watch).st_nlink > 0
-        except OSError:
-            return False
+    def watched_file(self) -> tuple[int, str]:
+        """A read-only descriptor of the database file and its path, for
+        :class:`callgate.store.filewatch.FileWatch` (-1 if the file was replaced at open)."""
+        return self._watch, str(self._path)
 
     def journal_applied(self) -> int:
         if self._conn is None:

@@ -25,6 +25,7 @@ from callgate.store.errors import (
     StoreError,
     StoreUnavailable,
 )
+from callgate.store.filewatch import FileWatch
 from callgate.store.journal import TRUNCATE_BYTES, EventJournal
 from callgate.store.records import AppendEvent, JournalMark, WriteOp
 
@@ -66,8 +67,8 @@ class JournaledSink(BatchSink, Protocol):
         """The highest journal sequence number the store has applied (0 if none)."""
         ...
 
-    def file_ok(self) -> bool:
-        """Whether a write now could reach the store's file (it was not removed or replaced)."""
+    def watched_file(self) -> tuple[int, str]:
+        """An open descriptor of the store's file and its path, watched for losing its name."""
         ...
 
 
@@ -288,6 +289,8 @@ class LoopWriter(_WriterState):
         #: journaled items a failed write left over (or a previous process's, to replay): first
         self._held: list[_Item] = []
         self._held_error: StoreError | None = None
+        self._files: FileWatch | None = None
+        self._journaling = journal is not None
         self._replaying = False
         self._journal_applied = 0
         self._max_batch = max_batch
@@ -306,7 +309,11 @@ class LoopWriter(_WriterState):
         journal = self._journal
         if journal is None:
             return
-        applied = cast(JournaledSink, self._sink).journal_applied()
+        sink = cast(JournaledSink, self._sink)
+        db_fd, db_path = sink.watched_file()
+        if db_fd >= 0:
+            self._files = FileWatch([(db_fd, db_path), (journal.fd, str(journal.path))])
+        applied = sink.journal_applied()
         self._journal_applied = applied
         records = journal.recover(applied)
         if records:
@@ -360,6 +367,7 @@ class LoopWriter(_WriterState):
         journal = self._journal
         if (
             journal is None
+            or not self._journaling
             or not ops
             or self._held
             or self._replaying
@@ -385,14 +393,13 @@ class LoopWriter(_WriterState):
                 if type(op) is not AppendEvent or op.session_id is None or op.seq is None:
                     return None
             start -= 1
-        if not cast(JournaledSink, self._sink).file_ok():
-            return None  # the commit will fail and say why
-        if not journal.healthy():
+        if self._files is None or not self._files.ok():
             log.error(
-                "audit journal %s was removed or replaced; strict writes wait for the store now",
+                "the store's file or its audit journal %s was removed or replaced; strict writes"
+                " wait for the store now",
                 journal.path,
             )
-            self._journal = None
+            self._stop_journal()
             return None
         events = [op for item, _ in pending[start:] for op in item]
         events.extend(ops)
@@ -400,7 +407,7 @@ class LoopWriter(_WriterState):
             seq = journal.append(cast(list[AppendEvent], events))
         except OSError as exc:
             log.error("audit journal write failed (%s); strict writes wait for the store now", exc)
-            self._journal = None
+            self._stop_journal()
             return None
         mark = JournalMark(seq)
         for i in range(start, len(pending)):
@@ -480,6 +487,14 @@ class LoopWriter(_WriterState):
         if self._journal is not None:
             self._maybe_truncate()
 
+    def _stop_journal(self) -> None:
+        """Strict writes wait for the store's commit from now on; the file stays, with what is
+        in it (a restart replays what the store lacks)."""
+        if self._files is not None:
+            self._files.close()
+            self._files = None
+        self._journaling = False
+
     def _fail_pending(self) -> None:
         error = self._held_error or StoreUnavailable("store write failed")
         rest, self._pending = self._pending, []
@@ -497,7 +512,7 @@ class LoopWriter(_WriterState):
                 journal.truncate()
             except OSError as exc:
                 log.error("audit journal truncate failed (%s); strict writes wait for commits", exc)
-                self._journal = None
+                self._stop_journal()
 
     def _retry_later(self) -> bool:
         now = time.monotonic()
@@ -578,6 +593,8 @@ class LoopWriter(_WriterState):
                 outcomes = [StoreClosed()] * len(batch)
             self._settle(batch, outcomes)
         self._closed = True
+        if self._files is not None:
+            self._files.close()
         if self._journal is not None:
             # what a failed last write held stays in the journal for the next start
             self._maybe_truncate(force=True)
