@@ -69,10 +69,18 @@ def test_audit_store_unavailable_refuses_with_58000(make_through: MakeThrough) -
 
         t = threading.Thread(target=release_later)
         t.start()
+        ran: list[int] = []
         try:
+            # Statements whose events reached the audit journal before the gateway found the
+            # store locked (its next group commit, within milliseconds) go ahead: their events
+            # are durable and reach the store once it is free. From then on every statement is
+            # refused until the store takes writes again.
             with pytest.raises(psycopg.Error) as info:
-                conn.execute("select 'must not run'")
+                for n in range(1000):
+                    conn.execute(f"select 'under lock {n}'")
+                    ran.append(n)
             assert info.value.sqlstate == "58000"
+            assert len(ran) < 1000
         finally:
             released.set()
             t.join()
@@ -87,6 +95,18 @@ def test_audit_store_unavailable_refuses_with_58000(make_through: MakeThrough) -
                 time.sleep(0.5)
     finally:
         conn.close()
+    # every statement that ran has its event; the refused one has none
+    db = sqlite3.connect(store_path(Path(th.gw.workdir)))
+    try:
+        recorded = [
+            str(r[0])
+            for r in db.execute("SELECT payload FROM events WHERE type = 'query' ORDER BY id")
+        ]
+    finally:
+        db.close()
+    for n in ran:
+        assert sum(f"under lock {n}'" in p for p in recorded) == 1, n
+    assert not any(f"under lock {len(ran)}'" in p for p in recorded)
 
 
 def test_repeated_failures_slow_down_then_lock_out(make_through: MakeThrough) -> None:
