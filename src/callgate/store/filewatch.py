@@ -59,7 +59,7 @@ class FileWatch:
         if self._broken:
             return False
         loop = self._loop
-        if loop is None or loop is not asyncio.get_running_loop():
+        if loop is None or loop.is_closed():  # not get_running_loop(): that is a getpid() call
             if not self._attach():
                 return _named(self._fds, self._paths)  # no inotify: ask every time
             return not self._broken

@@ -422,17 +422,21 @@ class LoopWriter(_WriterState):
         self._pending.append((ops, waiter))
         if self._scheduled or self._retry is not None:
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop (a synchronous caller): write now
-            self._flush()
-            return
-        if self._loop is not loop:
-            self._loop = loop
-            self._arm_idle()
+        if waiter is None and self._delayed is not None:
+            return  # rides along with the delayed flush already armed
+        loop = self._loop
+        # (asyncio.get_running_loop() costs a getpid() system call on every call)
+        if loop is None or not loop.is_running():
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a synchronous caller): write now
+                self._flush()
+                return
+            if self._loop is not loop:
+                self._loop = loop
+                self._arm_idle()
         if waiter is None:
-            if self._delayed is None:
-                self._delayed = loop.call_later(UNWAITED_DELAY, self._flush_delayed)
+            self._delayed = loop.call_later(UNWAITED_DELAY, self._flush_delayed)
             return
         self._scheduled = True
         loop.call_soon(self._flush)
