@@ -10,7 +10,9 @@ every target alike instead of whichever ran during it.
 
 (``make bench`` runs it with ``BENCH_ARGS``.) Results go to bench/results/latest.json. The callgate
 legs run ``callgate serve`` with ``audit.durability: strict`` ("callgate") and ``async``
-("callgate-async"); if a leg cannot start, it is reported with the gateway's log and the others run.
+("callgate-async"), and with no audit at all ("callgate-noaudit": the same gateway with its audit
+writes made no-ops by bench/noaudit.py, the baseline issue 7 asks for); if a leg cannot start, it
+is reported with the gateway's log and the others run.
 """
 
 from __future__ import annotations
@@ -42,15 +44,24 @@ from tests.support.net import libpq_dsn
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO_ROOT / "bench" / "results" / "latest.json"
 BENCH_DB = "callgate_bench"
-ALL_TARGETS = ("direct", "pgbouncer", "callgate", "callgate-async", "callgate-policy")
+ALL_TARGETS = (
+    "direct",
+    "pgbouncer",
+    "callgate",
+    "callgate-async",
+    "callgate-noaudit",
+    "callgate-policy",
+)
 #: ratios between callgate legs: (numerator, denominator, what it shows)
 PAIRS = (
     ("callgate-policy", "callgate", "realistic policy / allow-all (issue 4)"),
     ("callgate", "callgate-async", "strict audit / async audit (issue 7)"),
+    ("callgate", "callgate-noaudit", "strict audit / audit off (issue 7)"),
 )
 CALLGATE_DURABILITY = {
     "callgate": "strict",
     "callgate-async": "async",
+    "callgate-noaudit": "strict",  # nothing is written: bench/noaudit.py
     "callgate-policy": "strict",
 }
 ALLOW_ALL_POLICIES: list[dict[str, Any]] = [
@@ -246,13 +257,28 @@ def run_pgbench(
 # --- targets --------------------------------------------------------------------------------------
 
 
+def noaudit_exe(workdir: Path) -> Path:
+    """A ``callgate`` executable for the audit-off leg: bench/noaudit.py in this interpreter."""
+    exe = workdir / "callgate-noaudit"
+    exe.write_text(
+        "#!/bin/sh\n"
+        f'PYTHONPATH="{REPO_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}" '
+        f'exec "{sys.executable}" -m bench.noaudit "$@"\n'
+    )
+    exe.chmod(0o755)
+    return exe
+
+
 @contextmanager
 def callgate_endpoint(
     durability: str,
     upstream: Endpoint,
     workdir: Path,
     policies: list[dict[str, Any]] | None = None,
+    *,
+    audit_off: bool = False,
 ) -> Iterator[tuple[Endpoint, Gateway]]:
+    """``audit_off``: callgate through bench/noaudit.py (no audit writes; issue 7 baseline)."""
     config = build_config(
         workdir,
         {
@@ -274,7 +300,7 @@ def callgate_endpoint(
             "approvals": APPROVALS,
         },
     )
-    gw = Gateway(workdir, config)
+    gw = Gateway(workdir, config, exe=noaudit_exe(workdir) if audit_off else None)
     try:
         gw.start()
         key = gw.create_key("bench", ["bench"])
@@ -294,7 +320,13 @@ def start_target(
         return Endpoint(bouncer.host, bouncer.port, upstream.user, upstream.dbname), None
     workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cg-bench-")))
     return stack.enter_context(
-        callgate_endpoint(CALLGATE_DURABILITY[target], upstream, workdir, POLICIES_OF.get(target))
+        callgate_endpoint(
+            CALLGATE_DURABILITY[target],
+            upstream,
+            workdir,
+            POLICIES_OF.get(target),
+            audit_off=target == "callgate-noaudit",
+        )
     )
 
 
