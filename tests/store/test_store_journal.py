@@ -23,12 +23,12 @@ from callgate.store import (
     AuditWriterSettings,
     CloseInterrupted,
     InsertSession,
-    SessionRecord,
     SqliteStore,
     StoreUnavailable,
     first_broken_link,
 )
 from callgate.store.journal import EventJournal, journal_path
+from tests.store.test_store_sqlite import _session
 
 CHILD_PRELUDE = """
 import asyncio, os, sys
@@ -48,24 +48,6 @@ db = Path(sys.argv[1])
 """
 
 
-def _session(sid: str) -> SessionRecord:
-    return SessionRecord(
-        id=sid,
-        subject="alice",
-        groups=("dba",),
-        auth_method="api_key",
-        credential_id="k",
-        issuer=None,
-        connection="orders",
-        protocol="postgres",
-        client_addr="10.0.0.1:5555",
-        client_user="app",
-        application_name="psql",
-        tls=True,
-        started_at=1000.0,
-    )
-
-
 def _event(sid: str, seq: int) -> AppendEvent:
     return AppendEvent(sid, seq, 1000.0 + seq, "query", f'{{"n":{seq}}}')
 
@@ -76,6 +58,42 @@ def _child(db: Path, body: str) -> None:
         [sys.executable, "-c", script, str(db)], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
+
+
+def _crash_after(db: Path, last: int, *, flush_after: int | None = None) -> None:
+    """A child gateway opens session s1, commits events 1..``last`` (strict, journaled after the
+    first) and dies without flushing; with ``flush_after``, it flushes after that event."""
+    _child(
+        db,
+        f"""
+        async def main():
+            store = SqliteStore(db, journal=True)
+            await store.commit((InsertSession(session("s1")), event("s1", 1)))
+            for seq in range(2, {last} + 1):
+                await store.commit((event("s1", seq),))
+                if seq == {flush_after}:
+                    await store.flush()
+            os._exit(0)
+
+        asyncio.run(main())
+        """,
+    )
+
+
+def _restart(db: Path) -> list[int]:
+    """Open the store as a restarted gateway does; the seqs of s1 after the replay (its chain
+    verified)."""
+
+    async def restart() -> list[int]:
+        store = SqliteStore(db, journal=True)
+        try:
+            store.configure_audit(AuditWriterSettings())
+            await _verify(store, "s1")
+            return [s for s, _ in _events(db, "s1")]
+        finally:
+            await store.close()
+
+    return asyncio.run(restart())
 
 
 def _events(db: Path, sid: str) -> list[tuple[int, str]]:
@@ -173,74 +191,34 @@ def test_a_crash_loses_no_acknowledged_event_and_the_restart_replays_them(db_pat
     asyncio.run(restart())
 
 
-def test_a_torn_last_record_is_ignored_and_later_appends_still_replay(db_path: Path) -> None:
-    _child(
-        db_path,
-        """
-        async def main():
-            store = SqliteStore(db, journal=True)
-            await store.commit((InsertSession(session("s1")), event("s1", 1)))
-            await store.commit((event("s1", 2),))
-            await store.commit((event("s1", 3),))
-            os._exit(0)
-
-        asyncio.run(main())
-        """,
-    )
+def test_a_torn_last_record_is_ignored_and_the_journal_goes_on(db_path: Path) -> None:
+    _crash_after(db_path, 3)
     journal = journal_path(db_path)
     whole = journal.read_bytes()
     # the crash tore the last record: half of it reached the file
-    second = whole[: len(whole) - (len(whole) // 2) // 2]
-    journal.write_bytes(second)
-
-    async def restart() -> None:
-        store = SqliteStore(db_path, journal=True)
-        try:
-            store.configure_audit(AuditWriterSettings())
-            assert [s for s, _ in _events(db_path, "s1")] == [1, 2]
-            await _verify(store, "s1")
-        finally:
-            await store.close()
-
-    asyncio.run(restart())
+    journal.write_bytes(whole[: len(whole) - (len(whole) // 2) // 2])
+    assert _restart(db_path) == [1, 2]
     assert journal.stat().st_size == 0
+    # and the next run journals, crashes and is replayed as before
+    conn = sqlite3.connect(db_path)
+    conn.execute("DELETE FROM events")
+    conn.execute("DELETE FROM sessions")
+    conn.commit()
+    conn.close()
+    _crash_after(db_path, 4)
+    assert _restart(db_path) == [1, 2, 3, 4]
 
 
 def test_replay_skips_events_the_store_already_holds(db_path: Path) -> None:
     """A record applied but not yet marked (a batch split) must not be written twice."""
-    _child(
-        db_path,
-        """
-        async def main():
-            store = SqliteStore(db, journal=True)
-            await store.commit((InsertSession(session("s1")), event("s1", 1)))
-            await store.commit((event("s1", 2),))
-            await store.flush()
-            await store.commit((event("s1", 3),))
-            os._exit(0)
-
-        asyncio.run(main())
-        """,
-    )
+    _crash_after(db_path, 3, flush_after=2)
     # forget that record 1 was applied, as if its mark had not been committed
     conn = sqlite3.connect(db_path)
     conn.execute("DELETE FROM store_meta WHERE key = 'journal_applied'")
     conn.commit()
     conn.close()
-    journal = journal_path(db_path)
-    if journal.stat().st_size == 0:
-        pytest.fail("the child's journal was emptied; the test needs its records")
-
-    async def restart() -> None:
-        store = SqliteStore(db_path, journal=True)
-        try:
-            store.configure_audit(AuditWriterSettings())
-            assert [s for s, _ in _events(db_path, "s1")] == [1, 2, 3]
-            await _verify(store, "s1")
-        finally:
-            await store.close()
-
-    asyncio.run(restart())
+    assert journal_path(db_path).stat().st_size > 0, "the test needs the child's records"
+    assert _restart(db_path) == [1, 2, 3]
 
 
 def test_a_second_process_runs_without_the_journal_and_waits_for_commits(db_path: Path) -> None:
@@ -339,18 +317,7 @@ def test_a_journaled_event_whose_commit_fails_is_held_and_written_first_later(
 
 
 def test_an_unreplayable_journal_stops_the_gateway_from_starting(db_path: Path) -> None:
-    _child(
-        db_path,
-        """
-        async def main():
-            store = SqliteStore(db, journal=True)
-            await store.commit((InsertSession(session("s1")), event("s1", 1)))
-            await store.commit((event("s1", 2),))
-            os._exit(0)
-
-        asyncio.run(main())
-        """,
-    )
+    _crash_after(db_path, 2)
     store = SqliteStore(db_path, journal=True, busy_timeout=0.1)
     locker = sqlite3.connect(db_path, isolation_level=None)
     locker.execute("BEGIN IMMEDIATE")  # another process holds the lock past the busy timeout
@@ -367,18 +334,7 @@ def test_an_unreplayable_journal_stops_the_gateway_from_starting(db_path: Path) 
 
 
 def test_cli_stores_never_touch_the_journal(db_path: Path) -> None:
-    _child(
-        db_path,
-        """
-        async def main():
-            store = SqliteStore(db, journal=True)
-            await store.commit((InsertSession(session("s1")), event("s1", 1)))
-            await store.commit((event("s1", 2),))
-            os._exit(0)
-
-        asyncio.run(main())
-        """,
-    )
+    _crash_after(db_path, 2)
     size = journal_path(db_path).stat().st_size
 
     async def cli() -> None:
