@@ -66,7 +66,10 @@ class FileWatch:
         return True
 
     def _attach(self) -> bool:
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop to deliver notifications: the caller asks every time
+            return False
         if self._inotify == -2:  # tried, unavailable
             return False
         self.close()  # a watch from another (finished) event loop
