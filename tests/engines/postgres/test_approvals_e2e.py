@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import select
 import statistics
 import subprocess
 import threading
@@ -15,7 +16,9 @@ import httpx
 import psycopg
 import pytest
 
+from callgate.protocols.postgres import messages as m
 from tests.engines.postgres.conftest import MakeThrough, Through
+from tests.engines.postgres.test_refusals import error_code, login
 from tests.support.gateway import Gateway
 
 pytestmark = pytest.mark.integration
@@ -329,3 +332,37 @@ def test_access_window_applies_its_policy_then_ends_the_session(make_through: Ma
         pytest.raises(psycopg.errors.InsufficientPrivilege),
     ):
         conn.execute("insert into items values (3, 'after')")
+
+
+def test_the_end_of_a_session_with_client_bytes_unread_still_reaches_the_client(
+    make_through: MakeThrough,
+) -> None:
+    """A statement is held, and the client pipelines more behind it: callgate does not read on
+    while the statement waits. Then the key expires and callgate ends the session with a FATAL
+    error. Closing a socket that holds unread bytes resets the connection, and a reset can cost
+    the client the error; callgate reads and drops what is left first, so the client reads the
+    error and a clean end of stream."""
+    th, _ = setup(make_through)
+    done = th.gw.cli("keys", "create", "brief", "--groups", "apps", "--expires", "6s", "--json")
+    assert done.returncode == 0, done.stderr
+    s = login(th.gw.port, json.loads(done.stdout)["key"])
+    try:
+        s.sendall(m.encode_query("insert into items values (1, 'held')"))
+        s.sendall(m.encode_query("select 1") * 40_000)  # 560 KB: more than callgate buffers
+        readable, _, _ = select.select([s], [], [], 60)
+        assert readable, "callgate did not end the session of an expired key"
+        time.sleep(0.3)
+        data = b""
+        while chunk := s.recv(65536):  # a reset raises ConnectionResetError here
+            data += chunk
+        errors = []
+        while data:
+            kind, length = data[0], int.from_bytes(data[1:5], "big")
+            assert kind == ord("E"), data[:40]
+            errors.append(data[5 : 1 + length])
+            data = data[1 + length :]
+        assert errors and error_code(errors[-1]) == "57P01"
+        assert b"credential expired" in errors[-1]
+    finally:
+        s.close()
+    assert count(th) == 0

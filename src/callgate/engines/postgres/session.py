@@ -70,6 +70,10 @@ UPSTREAM_READ = 256 * 1024
 CREDENTIAL_CHECK_INTERVAL = 10.0
 #: Time to flush a final error to a client that may not be reading any more.
 FINAL_WRITE_TIMEOUT = 2.0
+#: after a FATAL error, how long and how much of what the client still sends is read and dropped
+#: before the socket is closed (see :meth:`PgSession._finish`)
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 1024 * 1024
 
 _OBSERVED = frozenset(
     {
@@ -174,6 +178,8 @@ class PostgresSession:
         self._described: set[str] = set()
         #: the client sent Terminate (callgate ends the upstream side itself)
         self._terminated = False
+        #: a FATAL error was sent: read and drop what the client still sends before closing
+        self._linger = False
         self._pool_config: PoolConfig | None = None
         self._pool_key: PoolKey = None
 
@@ -223,7 +229,14 @@ class PostgresSession:
                 with contextlib.suppress(OSError, RuntimeError):
                     w.write(m.TERMINATE)
             w.close()
-        self.client_w.close()
+        cw = self.client_w
+        linger = self._linger and not cw.is_closing()
+        if linger:
+            if cw.can_write_eof():  # the client reads our error, then end of stream, at once
+                with contextlib.suppress(OSError, RuntimeError):
+                    cw.write_eof()
+        else:
+            cw.close()
         if self.recorder is not None:
             try:
                 await self.recorder.end(
@@ -231,6 +244,11 @@ class PostgresSession:
                 )
             except CallgateError as exc:
                 log.error("could not record the end of session %s: %s", self.id, exc.message)
+        if linger:
+            try:
+                await self._drop_client_input()
+            finally:
+                cw.close()
         # DEBUG: the audit store records every session; a log line each costs ~5 % of a
         # short session's CPU (docs/performance.md).
         p = self.principal
@@ -246,6 +264,23 @@ class PostgresSession:
                 self.client_addr,
                 reason,
             )
+
+    async def _drop_client_input(self) -> None:
+        """After a FATAL error the client may already be sending its next message (it sees
+        the error only when it reads). Closing a socket that holds unread data makes the kernel
+        reset the connection, and a reset can cost the client our error, so that it reports a
+        bare "server closed the connection unexpectedly". So read and drop what comes, for a
+        moment, until the client closes its side (a lingering close)."""
+        dropped = 0
+        try:
+            async with asyncio.timeout(LINGER_SECONDS):
+                while dropped < LINGER_BYTES:
+                    data = await self.client_r.read(65536)
+                    if not data:
+                        break
+                    dropped += len(data)
+        except (OSError, RuntimeError, TimeoutError, asyncio.IncompleteReadError):
+            pass
 
     def _give_back_upstream(self) -> bool:
         """Hand an idle, clean upstream connection to the pool; False: close it instead."""
@@ -303,7 +338,8 @@ class PostgresSession:
             self.bytes_out += len(data)
             await asyncio.wait_for(self.client_w.drain(), FINAL_WRITE_TIMEOUT)
         except (OSError, TimeoutError, RuntimeError):
-            pass
+            return
+        self._linger = exc.fatal
 
     # --- startup ------------------------------------------------------------------------------
 
