@@ -11,7 +11,8 @@ The rows, framed as the server sends them (RowDescription, DataRows, CommandComp
 ReadyForQuery), are cut into ``--chunk``-byte pieces at arbitrary offsets (the reads of the
 engine) and fed to the engine's :class:`~callgate.engines.postgres.masker.ResultMasker`.
 
-    .venv/bin/python -m bench.masking_bench [--rows 200000] [--chunk 65536] [--json]
+    .venv/bin/python -m bench.masking_bench [--rows 200000] [--chunk 65536] [--loop c|python]
+        [--json]
 
 Prints rows/s (wall clock, best of ``--repeat``) and CPU µs per row for each case; the issue's
 target through the whole gateway is 150,000 rows/s, so masking alone should stay far above it.
@@ -28,6 +29,7 @@ import time
 from collections.abc import Callable
 
 from callgate.engines.postgres.masker import ResultMasker, StatementMask
+from callgate.masking import rows as rows_module
 from callgate.masking.catalog import CatalogColumn
 from callgate.masking.detectors import DetectorSet
 from callgate.masking.lineage import RelationInfo, statement_lineage
@@ -178,7 +180,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk", type=int, default=65536, help="bytes per read")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--loop",
+        choices=("c", "python"),
+        default="c",
+        help="the DataRow loop: the C extension (the default, where it is built) or Python",
+    )
     args = parser.parse_args(argv)
+    if args.loop == "python":
+        rows_module.REWRITE_RUN_C = None
+    loop_name = "python" if rows_module.REWRITE_RUN_C is None else "c"
     text = chunks(stream(0, [text_row(i) for i in range(args.rows)]), args.chunk)
     binary = chunks(stream(1, [binary_row(i) for i in range(args.rows)]), args.chunk)
     # sanity: the masked output really is masked, and the unmasked output is untouched
@@ -215,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                         for k, (r, c) in results.items()
                     },
                     "loop/s": round(loop),
+                    "masking_loop": loop_name,
                 }
             )
         )
@@ -222,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, (rate, cpu) in results.items():
             print(f"{rate:>12,.0f} rows/s  {cpu:6.2f} CPU µs/row  {name}")
         print(f"{loop:>12,.0f} loop/s  calibration: `for i in range(N): total += i`")
+        print(f"masking loop: {loop_name}")
     return 0
 
 

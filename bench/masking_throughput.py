@@ -44,6 +44,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from callgate.masking import rows as mask_rows  # noqa: E402
 from tests.support.gateway import Gateway, build_config  # noqa: E402
 from tests.support.net import libpq_dsn  # noqa: E402
 
@@ -248,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     best = {leg: max(r) for leg, r in rates.items()}
     ratio = median["callgate, no mask"] / median["direct"]
     result = {
+        # the gateway runs from this same installation
+        "masking_loop": "python" if mask_rows.REWRITE_RUN_C is None else "c",
         "rows": args.rows,
         "reader": args.reader,
         "repeat": args.repeat,
@@ -261,7 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{args.rows:,} rows x 8 columns, reader {args.reader}, {args.repeat} runs per leg")
+        print(
+            f"{args.rows:,} rows x 8 columns, reader {args.reader}, {args.repeat} runs per leg, "
+            f"masking loop in {result['masking_loop']}"
+        )
         print(f"  {'':<20} {'median':>12}   {'best':>12}")
         for leg, rate in median.items():
             print(f"  {leg:<20} {rate:>12,.0f}   {best[leg]:>12,.0f} rows/s")

@@ -10,6 +10,7 @@ from callgate.approvals import ApprovalService
 from callgate.audit import AuditService
 from callgate.config import Config
 from callgate.identity import IdentityService
+from callgate.masking import rows as mask_rows
 from callgate.policy.engine import PolicyEngine
 from callgate.services import Services
 from callgate.store import Store, StoreError, open_store_from_config
@@ -70,6 +71,12 @@ async def build_services(config: Config) -> ServiceBundle:
         log.warning("approvals unavailable (%s): statements that need review are refused", exc)
     if approvals is not None:
         await approvals.start()
+    if mask_rows.REWRITE_RUN_C is None and any(p.mask for p in config.policies):
+        log.warning(
+            "masking runs in Python only: the C extension callgate.masking._rowscan was not "
+            "built (install with a C compiler and the Python headers); masked results are "
+            "several times slower"
+        )
     services = Services(
         config=config,
         identity=identity,

@@ -39,6 +39,7 @@ from decimal import Decimal
 from typing import Final
 
 from callgate.masking.detectors import (
+    _DOMAIN_SHAPES,
     EMAIL_CLASSES,
     NO_LIMIT,
     TAG_BITS,
@@ -50,6 +51,14 @@ from callgate.masking.detectors import (
 )
 from callgate.masking.errors import MaskingFailed
 from callgate.masking.styles import REDACTED, Style, replace_hits
+
+#: the DataRow loop in C (``_rowscan.c``) for the plans it covers, ``None`` when not built;
+#: ``RowRewriter`` looks it up here on every run (tests set it to ``None`` to compare)
+REWRITE_RUN_C: Callable[..., bytes | None] | None
+try:
+    from callgate.masking._rowscan import rewrite_run as REWRITE_RUN_C
+except ImportError:  # pragma: no cover - built without a C compiler: Python does every run
+    REWRITE_RUN_C = None
 
 _I16: Final = struct.Struct("!h")
 _I32: Final = struct.Struct("!i")
@@ -295,6 +304,9 @@ class RowRewriter:
     _keep: tuple[int, ...] = field(init=False)
     #: per column: the value kind (``K_*``), -1 when passed through
     _kinds: tuple[int, ...] = field(init=False)
+    #: the C loop covers this plan: columns passed through, constants, partial, and the email
+    #: detector alone with a constant replacement
+    _c_plan: bool = field(init=False)
 
     def __post_init__(self) -> None:
         cols = self.columns
@@ -383,6 +395,13 @@ class RowRewriter:
             if email_style is not None and email_style.name == "redact"
             else None,
         )
+        setattr_(
+            self,
+            "_c_plan",
+            not self._always_scan
+            and set(ops) <= {_OP_PASS, _OP_CONSTANT, _OP_PARTIAL, _OP_EMAIL}
+            and (_OP_EMAIL not in ops or self._email_hit is not None),
+        )
 
     # -- RowDescription -----------------------------------------------------------------------
 
@@ -450,6 +469,27 @@ class RowRewriter:
         if not at and not self._always_scan and not self._walk_static and not large:
             return None, stop  # no column rule, and no detector can find anything here
         at.append(_NOWHERE)  # a sentinel: no bounds test per step
+        fast = REWRITE_RUN_C
+        if fast is not None and self._c_plan and type(run) is bytes:
+            new = fast(
+                run,
+                ends,
+                at,
+                self._walk_flagged,
+                self._walk_static,
+                self._count,
+                self._constant,
+                self._keep,
+                self._email_hit,
+                EMAIL_CLASSES,
+                email_at,
+                _DOMAIN_SHAPES,
+                self.counts,
+                _LARGE,
+            )
+            if new is not None:
+                return ([new] if new else None), stop
+            # None: something the C loop leaves to this one (it changed nothing)
         try:
             out = self._rewrite_run(run, ends, at, tags)
         except struct.error as exc:
