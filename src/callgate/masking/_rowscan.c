@@ -2,7 +2,8 @@
  *
  * rewrite_run() does what RowMasker._rewrite_run does, for plans whose columns are passed
  * through, replaced by a constant, masked in style partial, or searched by the email detector
- * alone with a constant replacement (redact). Whenever it meets anything else (a value that is
+ * alone with a constant replacement (redact); a value of another type under that detector passes
+ * unless flagged. Whenever it meets anything else (a value that is
  * not ASCII where that matters, several flags in one value, a malformed or very large row, a
  * column that needs a Python function), it gives up on the whole run and returns None, having
  * changed nothing: the Python loop then does the run and raises the errors. So this file holds
@@ -21,6 +22,7 @@
 #define OP_CONSTANT 1
 #define OP_PARTIAL 3
 #define OP_EMAIL 5
+#define OP_FLAGGED 6
 #define EMAIL_LOOKBACK 256
 
 typedef struct {
@@ -452,8 +454,18 @@ static PyObject *rewrite_run(PyObject *module, PyObject *const *args, Py_ssize_t
                 added[i]++;
                 p = vend;
                 continue;
+            } else if (op == OP_FLAGGED) {
+                /* a non-text value under the email detector alone: passed unless flagged */
+                while (nxt < p) {
+                    ADVANCE();
+                }
+                if (nxt >= vend) {
+                    p = vend;
+                    continue;
+                }
+                BAIL();
             } else {
-                BAIL(); /* a function of the value, several detectors, a non-text value */
+                BAIL(); /* a function of the value, several detectors */
             }
             if (row_out < 0) {
                 if (!changed) {

@@ -305,7 +305,7 @@ class RowRewriter:
     #: per column: the value kind (``K_*``), -1 when passed through
     _kinds: tuple[int, ...] = field(init=False)
     #: the C loop covers this plan: columns passed through, constants, partial, and the email
-    #: detector alone with a constant replacement
+    #: detector alone with a constant replacement (a flagged value of a non-text type goes back)
     _c_plan: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -399,7 +399,9 @@ class RowRewriter:
             self,
             "_c_plan",
             not self._always_scan
-            and set(ops) <= {_OP_PASS, _OP_CONSTANT, _OP_PARTIAL, _OP_EMAIL}
+            and set(ops)
+            <= {_OP_PASS, _OP_CONSTANT, _OP_PARTIAL, _OP_EMAIL}
+            | ({_OP_FLAGGED} if names == ("email",) else set())
             and (_OP_EMAIL not in ops or self._email_hit is not None),
         )
 
