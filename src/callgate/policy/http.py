@@ -76,6 +76,9 @@ def compile_path_glob(glob: str) -> re.Pattern[str]:
             body = body[1:] if negate else body
             # as in fnmatch: ``!`` negates, ``^`` is itself; a negated set never matches ``/``
             body = re.sub(r"([\\^\[&~|])", r"\\\1", body)  # literal inside the set
+            # ``--`` would be a set difference to a future ``re`` (FutureWarning today): the
+            # second hyphen is a literal, so ``x--`` is the range x to ``-`` (or not a set)
+            body = body.replace("--", "-\\-")
             char_set = "[" + ("^/" if negate else "") + body + "]"
             try:
                 re.compile(char_set)
