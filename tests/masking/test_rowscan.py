@@ -213,3 +213,13 @@ def test_a_flagged_value_of_another_type_goes_back_to_python() -> None:
     loud = message(b"D", data_row([b'{"a": "bob@example.com"}', b"x", b"42"]))
     c, python, counting = both(make, quiet + loud, 0)
     assert c == python and counting.given_back == 1
+
+
+@pytest.mark.parametrize("keep", [0, 3, 2**40, 2**63, 2**80])
+def test_any_keep_the_config_allows_is_taken_as_python_takes_it(keep: int) -> None:
+    """``keep`` has no upper bound in the config; past 64 bits it is still only "more than half
+    the value" (it went into C as an OverflowError before)."""
+    make = lambda: rewriter([(TEXT, 0, "partial")], (), "redact", keep)  # noqa: E731
+    buf = message(b"D", data_row([b"abcdef"]))
+    c, python, counting = both(make, buf, 0)
+    assert c == python and counting.done == 1

@@ -1,6 +1,6 @@
 /* The DataRow loop of callgate.masking.rows, for the common plans, in C.
  *
- * rewrite_run() does what RowMasker._rewrite_run does, for plans whose columns are passed
+ * rewrite_run() does what RowRewriter._rewrite_run does, for plans whose columns are passed
  * through, replaced by a constant, masked in style partial, or searched by the email detector
  * alone with a constant replacement (redact); a value of another type under that detector passes
  * unless flagged. Whenever it meets anything else (a value that is
@@ -15,6 +15,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -252,6 +253,7 @@ static PyObject *rewrite_run(PyObject *module, PyObject *const *args, Py_ssize_t
     PyObject *classes = NULL;
     unsigned char *cls = NULL;
     Py_ssize_t *added = PyMem_Calloc((size_t)ncols + 1, sizeof(Py_ssize_t));
+    PyObject **sums = NULL;
     Walk wf = {NULL, NULL, 0}, ws = {NULL, NULL, 0};
     Buf out = {NULL, 0, 0};
     if (added == NULL) {
@@ -367,11 +369,15 @@ static PyObject *rewrite_run(PyObject *module, PyObject *const *args, Py_ssize_t
                 if (!all_ascii(run + start, length)) {
                     BAIL();
                 }
-                Py_ssize_t kept = PyLong_AsSsize_t(PyTuple_GET_ITEM(keep, i));
-                if (kept == -1 && PyErr_Occurred()) {
+                int overflow = 0;
+                long long kept =
+                    PyLong_AsLongLongAndOverflow(PyTuple_GET_ITEM(keep, i), &overflow);
+                if (overflow) {
+                    kept = overflow > 0 ? LLONG_MAX : 0; /* keep is only compared with n/2 */
+                } else if (kept == -1 && PyErr_Occurred()) {
                     goto done;
                 }
-                Py_ssize_t visible = kept < length / 2 ? kept : length / 2;
+                Py_ssize_t visible = kept < length / 2 ? (Py_ssize_t)kept : length / 2;
                 if (visible < 0) {
                     visible = 0;
                 }
@@ -540,26 +546,46 @@ add_counts:
     if (result == NULL) {
         goto done;
     }
+    if (PyList_GET_SIZE(counts) != ncols) {
+        PyErr_SetString(PyExc_RuntimeError, "rewrite_run: counts changed size");
+        Py_CLEAR(result);
+        goto done;
+    }
+    /* every new count first, then all of them in place: none or all are updated */
+    sums = PyMem_Calloc((size_t)ncols + 1, sizeof(PyObject *));
+    if (sums == NULL) {
+        PyErr_NoMemory();
+        Py_CLEAR(result);
+        goto done;
+    }
     for (Py_ssize_t i = 0; i < ncols; i++) {
         if (!added[i]) {
             continue;
         }
-        PyObject *old = PyList_GET_ITEM(counts, i);
         PyObject *inc = PyLong_FromSsize_t(added[i]);
-        PyObject *sum = inc == NULL ? NULL : PyNumber_Add(old, inc);
+        sums[i] = inc == NULL ? NULL : PyNumber_Add(PyList_GET_ITEM(counts, i), inc);
         Py_XDECREF(inc);
-        if (sum == NULL) {
+        if (sums[i] == NULL) {
+            for (Py_ssize_t j = 0; j < i; j++) {
+                Py_XDECREF(sums[j]);
+            }
             Py_CLEAR(result);
             goto done;
         }
-        PyList_SET_ITEM(counts, i, sum); /* steals ``sum`` */
-        Py_DECREF(old);
+    }
+    for (Py_ssize_t i = 0; i < ncols; i++) {
+        if (sums[i] != NULL) {
+            PyObject *old = PyList_GET_ITEM(counts, i);
+            PyList_SET_ITEM(counts, i, sums[i]); /* steals the new count */
+            Py_DECREF(old);
+        }
     }
 done:
 #undef FLAG
 #undef BAIL
 #undef ADVANCE
     PyMem_Free(added);
+    PyMem_Free(sums);
     PyMem_Free(cls);
     PyMem_Free(out.data);
     free_walk(&wf);
@@ -570,7 +596,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"rewrite_run", (PyCFunction)(void (*)(void))rewrite_run, METH_FASTCALL,
-     "The DataRow loop of RowMasker._rewrite_run for the common plans; None: not handled."},
+     "The DataRow loop of RowRewriter._rewrite_run for the common plans; None: not handled."},
     {NULL, NULL, 0, NULL},
 };
 
