@@ -84,7 +84,7 @@ c_column = st.tuples(
     # int8, numeric and json in text form are searched by the email detector but not as text
     st.sampled_from([TEXT, TEXT, VARCHAR, INT4, INT8, NUMERIC, JSON]),
     st.sampled_from([0, 1]),
-    st.sampled_from([None, None, "redact", "null", "partial"]),
+    st.sampled_from([None, None, "redact", "null", "partial", "hash", "email"]),
 )
 
 
@@ -151,9 +151,11 @@ def test_the_c_loop_runs_for_the_plan_of_the_benchmark() -> None:
 @pytest.mark.parametrize(
     ("values", "gives_back"),
     [
-        ([b"x", "é to b@mail.example.org".encode()], True),  # flagged, not ASCII
+        ([b"x", "é to b@mail.example.org".encode()], False),  # flagged, UTF-8
+        ([b"x", b"\xe9 to b@mail.example.org"], True),  # flagged, not UTF-8: Python raises
         ([b"x", b"a@ex.org b@ex.org"], True),  # two addresses in one value
-        (["ünï".encode(), b"plain"], True),  # partial of a value that is not ASCII
+        (["ünï".encode(), b"plain"], False),  # partial by characters, in Python, from C
+        ([b"\xff\xfe", b"plain"], True),  # partial of a value that is not UTF-8: Python raises
         ([b"k" * 300, b"far@example.org " + b"z" * 400], False),  # stars past one block
         ([b"", b"@@ .@x. a..b@ex.org"], True),  # several flags in one value
         ([b"", b"a..b@ex.org"], False),  # dot-atom: what follows the last ".."
@@ -223,3 +225,16 @@ def test_any_keep_the_config_allows_is_taken_as_python_takes_it(keep: int) -> No
     buf = message(b"D", data_row([b"abcdef"]))
     c, python, counting = both(make, buf, 0)
     assert c == python and counting.done == 1
+
+
+def test_styles_that_are_functions_of_the_value_run_in_c() -> None:
+    make = lambda: rewriter(  # noqa: E731
+        [(TEXT, 0, "hash"), (TEXT, 1, "email"), (TEXT, 0, "partial")], ("email",), keep=2
+    )
+    rows = [[f"v{i}".encode(), f"u{i}@example.com".encode(), f"ü{i}ñ".encode()] for i in range(20)]
+    buf = b"".join(message(b"D", data_row(values)) for values in rows)
+    c, python, counting = both(make, buf, 0)
+    assert c == python and counting.done == 1 and counting.given_back == 0
+    (out, _), counts = c
+    assert isinstance(out, bytes) and b"tok_" in out and b"example.com" in out
+    assert counts == [20, 20, 20]

@@ -1,14 +1,14 @@
 /* The DataRow loop of callgate.masking.rows, for the common plans, in C.
  *
  * rewrite_run() does what RowRewriter._rewrite_run does, for plans whose columns are passed
- * through, replaced by a constant, masked in style partial, or searched by the email detector
- * alone with a constant replacement (redact); a value of another type under that detector passes
- * unless flagged. Whenever it meets anything else (a value that is
- * not ASCII where that matters, several flags in one value, a malformed or very large row, a
- * column that needs a Python function), it gives up on the whole run and returns None, having
- * changed nothing: the Python loop then does the run and raises the errors. So this file holds
- * no error messages and no policy: only the same walk, faster. tests/masking/test_rowscan.py
- * checks it against the Python loop on random rows and plans.
+ * through, masked by a column rule (a constant, style partial, or the style's own Python function
+ * of the value), or searched by the email detector alone with a constant replacement (redact); a
+ * value of another type under that detector passes unless flagged. Whenever it meets anything
+ * else (a flagged value of another type, a flagged value that is not UTF-8, several flags in one
+ * value, a malformed or very large row, a style function that fails), it gives up on the whole
+ * run and returns None, having changed nothing: the Python loop then does the run and raises the
+ * errors. So this file holds no error messages and no policy: only the same walk, faster.
+ * tests/masking/test_rowscan.py checks it against the Python loop on random rows and plans.
  *
  * Returns b"" when the run is unchanged, else the whole new run; adds to ``counts`` (one int
  * per column) only when it does not give up.
@@ -21,6 +21,7 @@
 
 #define OP_PASS 0
 #define OP_CONSTANT 1
+#define OP_WHOLE 2
 #define OP_PARTIAL 3
 #define OP_EMAIL 5
 #define OP_FLAGGED 6
@@ -213,8 +214,8 @@ static int find_email(const unsigned char *cls, PyObject **classes, Py_ssize_t r
 
 static PyObject *rewrite_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 14) {
-        PyErr_SetString(PyExc_TypeError, "rewrite_run takes 14 arguments");
+    if (nargs != 15) {
+        PyErr_SetString(PyExc_TypeError, "rewrite_run takes 15 arguments");
         return NULL;
     }
     PyObject *run_obj = args[0], *ends = args[1], *at = args[2], *walk_flagged = args[3],
@@ -223,12 +224,14 @@ static PyObject *rewrite_run(PyObject *module, PyObject *const *args, Py_ssize_t
              *email_at = args[10], *shapes = args[11], *counts = args[12];
     /* values (and rows) this long or longer are the Python loop's (rows._LARGE) */
     Py_ssize_t LARGE = PyLong_AsSsize_t(args[13]);
+    /* per column: the masked field as a function of the value's bytes (rows._function) */
+    PyObject *function = args[14];
     if (LARGE == -1 && PyErr_Occurred()) {
         return NULL;
     }
     if (!PyBytes_Check(run_obj) || !PyList_Check(ends) || !PyList_Check(at) ||
         !PyBytes_Check(count_obj) || PyBytes_GET_SIZE(count_obj) != 2 ||
-        !PyTuple_Check(constant) || !PyTuple_Check(keep) ||
+        !PyTuple_Check(constant) || !PyTuple_Check(keep) || !PyTuple_Check(function) ||
         (email_hit != Py_None && !PyBytes_Check(email_hit)) || !PyBytes_Check(table_obj) ||
         PyBytes_GET_SIZE(table_obj) != 256 || !PyDict_Check(shapes) || !PyList_Check(counts)) {
         PyErr_SetString(PyExc_TypeError, "rewrite_run: bad argument types");
@@ -239,7 +242,8 @@ static PyObject *rewrite_run(PyObject *module, PyObject *const *args, Py_ssize_t
     const unsigned char *count = (const unsigned char *)PyBytes_AS_STRING(count_obj);
     const unsigned char *table = (const unsigned char *)PyBytes_AS_STRING(table_obj);
     Py_ssize_t ncols = PyList_GET_SIZE(counts);
-    if (PyTuple_GET_SIZE(constant) != ncols || PyTuple_GET_SIZE(keep) != ncols) {
+    if (PyTuple_GET_SIZE(constant) != ncols || PyTuple_GET_SIZE(keep) != ncols ||
+        PyTuple_GET_SIZE(function) != ncols) {
         PyErr_SetString(PyExc_ValueError, "rewrite_run: one constant and keep per column");
         return NULL;
     }
@@ -254,6 +258,7 @@ static PyObject *rewrite_run(PyObject *module, PyObject *const *args, Py_ssize_t
     unsigned char *cls = NULL;
     Py_ssize_t *added = PyMem_Calloc((size_t)ncols + 1, sizeof(Py_ssize_t));
     PyObject **sums = NULL;
+    PyObject *made = NULL; /* a new field made by a Python function, while it is copied */
     Walk wf = {NULL, NULL, 0}, ws = {NULL, NULL, 0};
     Buf out = {NULL, 0, 0};
     if (added == NULL) {
@@ -351,12 +356,13 @@ static PyObject *rewrite_run(PyObject *module, PyObject *const *args, Py_ssize_t
                 BAIL();
             }
             Py_ssize_t start = p + 4;
-            /* the new field replaces run[p:vend]: a constant, or stars and the kept tail */
+            /* the new field replaces run[p:vend]: a constant, a function's, or stars and the tail */
             const char *new_head = NULL;
             Py_ssize_t new_head_len = 0;
             Py_ssize_t tail_from = vend; /* run[tail_from:vend] follows the new head */
             char partial_head[4];
             Py_ssize_t stars = 0;
+            int inline_partial = 0; /* stars and the kept tail, written here */
             if (op == OP_CONSTANT) {
                 PyObject *c = PyTuple_GET_ITEM(constant, i);
                 if (!PyBytes_Check(c)) {
@@ -365,10 +371,19 @@ static PyObject *rewrite_run(PyObject *module, PyObject *const *args, Py_ssize_t
                 }
                 new_head = PyBytes_AS_STRING(c);
                 new_head_len = PyBytes_GET_SIZE(c);
-            } else if (op == OP_PARTIAL) {
-                if (!all_ascii(run + start, length)) {
+            } else if (op == OP_WHOLE || (op == OP_PARTIAL && !all_ascii(run + start, length))) {
+                /* the style's own function (partial by characters when not ASCII); an error
+                 * is the Python loop's to raise */
+                made = PyObject_CallFunction(PyTuple_GET_ITEM(function, i), "y#",
+                                             (const char *)run + start, length);
+                if (made == NULL || !PyBytes_Check(made)) {
+                    PyErr_Clear();
                     BAIL();
                 }
+                new_head = PyBytes_AS_STRING(made);
+                new_head_len = PyBytes_GET_SIZE(made);
+            } else if (op == OP_PARTIAL) {
+                inline_partial = 1;
                 int overflow = 0;
                 long long kept =
                     PyLong_AsLongLongAndOverflow(PyTuple_GET_ITEM(keep, i), &overflow);
@@ -403,8 +418,18 @@ static PyObject *rewrite_run(PyObject *module, PyObject *const *args, Py_ssize_t
                 }
                 Py_ssize_t flag = nxt;
                 ADVANCE();
-                if (nxt < vend || hit == NULL || !all_ascii(run + start, length)) {
+                if (nxt < vend || hit == NULL) {
                     BAIL();
+                }
+                if (!all_ascii(run + start, length)) {
+                    /* a flagged value must be UTF-8 (the Python loop raises if not) */
+                    PyObject *text =
+                        PyUnicode_DecodeUTF8((const char *)run + start, length, "strict");
+                    if (text == NULL) {
+                        PyErr_Clear();
+                        BAIL();
+                    }
+                    Py_DECREF(text);
                 }
                 if (cls == NULL) {
                     cls = PyMem_Malloc((size_t)run_len + 1);
@@ -493,7 +518,7 @@ static PyObject *rewrite_run(PyObject *module, PyObject *const *args, Py_ssize_t
                 buf_put(&out, new_head, new_head_len) < 0) {
                 goto done;
             }
-            if (op == OP_PARTIAL) {
+            if (inline_partial) {
                 char star_block[64];
                 memset(star_block, '*', sizeof star_block);
                 for (Py_ssize_t left = stars; left > 0; left -= 64) {
@@ -508,6 +533,7 @@ static PyObject *rewrite_run(PyObject *module, PyObject *const *args, Py_ssize_t
             } else {
                 delta += new_head_len - (vend - p);
             }
+            Py_CLEAR(made);
             copied = vend;
             added[i]++;
             p = vend;
@@ -584,6 +610,7 @@ done:
 #undef FLAG
 #undef BAIL
 #undef ADVANCE
+    Py_XDECREF(made);
     PyMem_Free(added);
     PyMem_Free(sums);
     PyMem_Free(cls);

@@ -17,5 +17,6 @@ def rewrite_run(
     domain_shapes: dict[bytes, int],
     counts: list[int],
     large: int,
+    function: tuple[Callable[[bytes], bytes], ...],
     /,
 ) -> bytes | None: ...

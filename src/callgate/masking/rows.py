@@ -304,8 +304,8 @@ class RowRewriter:
     _keep: tuple[int, ...] = field(init=False)
     #: per column: the value kind (``K_*``), -1 when passed through
     _kinds: tuple[int, ...] = field(init=False)
-    #: the C loop covers this plan: columns passed through, constants, partial, and the email
-    #: detector alone with a constant replacement (a flagged value of a non-text type goes back)
+    #: the C loop covers this plan: columns passed through, column rules, and the email detector
+    #: alone with a constant replacement (a flagged value of a non-text type goes back)
     _c_plan: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -400,7 +400,7 @@ class RowRewriter:
             "_c_plan",
             not self._always_scan
             and set(ops)
-            <= {_OP_PASS, _OP_CONSTANT, _OP_PARTIAL, _OP_EMAIL}
+            <= {_OP_PASS, _OP_CONSTANT, _OP_WHOLE, _OP_PARTIAL, _OP_EMAIL}
             | ({_OP_FLAGGED} if names == ("email",) else set())
             and (_OP_EMAIL not in ops or self._email_hit is not None),
         )
@@ -488,6 +488,7 @@ class RowRewriter:
                 _DOMAIN_SHAPES,
                 self.counts,
                 _LARGE,
+                self._function,
             )
             if new is not None:
                 return ([new] if new else None), stop
