@@ -76,6 +76,7 @@ demo: setup deps-apt
 clean:
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist bench/results $(STAMP)
+	rm -f src/callgate/masking/_rowscan.*.so
 
 distclean: clean
 	rm -rf $(VENV)
