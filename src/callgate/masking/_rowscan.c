@@ -65,6 +65,30 @@ static int buf_i32(Buf *b, int32_t v) {
     return buf_put(b, be, 4);
 }
 
+/* Before the first change in a row (``*row_out`` < 0): everything up to the row goes into
+ * ``out`` (made, the size of the run and some, with the first change of the run), and
+ * ``*row_out`` is where the row's header will be in it. */
+static int begin_row(Buf *out, const unsigned char *run, Py_ssize_t run_len, Py_ssize_t *copied,
+                     Py_ssize_t pos, Py_ssize_t *row_out) {
+    if (*row_out >= 0) {
+        return 0;
+    }
+    if (out->data == NULL) {
+        out->cap = run_len + 4096;
+        out->data = PyMem_Malloc((size_t)out->cap);
+        if (out->data == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    if (buf_put(out, (const char *)run + *copied, pos - *copied) < 0) {
+        return -1;
+    }
+    *row_out = out->len;
+    *copied = pos;
+    return 0;
+}
+
 static int32_t read_i32(const unsigned char *p) {
     return (int32_t)(((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) |
                      (uint32_t)p[3]);
@@ -296,7 +320,6 @@ static PyObject *rewrite_run(PyObject *module, PyObject *const *args, Py_ssize_t
         goto done;
     }
     Py_ssize_t copied = 0; /* run[0:copied] is in ``out`` (when anything changed) */
-    int changed = 0;
     Py_ssize_t pos = 0;
     Py_ssize_t nrows = PyList_GET_SIZE(ends);
     for (Py_ssize_t r = 0; r < nrows; r++) {
@@ -453,21 +476,8 @@ static PyObject *rewrite_run(PyObject *module, PyObject *const *args, Py_ssize_t
                 }
                 /* pieces: the new length, the value up to the email, the replacement; the
                  * rest of the value follows from run[stop:] */
-                if (row_out < 0) {
-                    if (!changed) {
-                        out.cap = run_len + 4096;
-                        out.data = PyMem_Malloc((size_t)out.cap);
-                        if (out.data == NULL) {
-                            PyErr_NoMemory();
-                            goto done;
-                        }
-                        changed = 1;
-                    }
-                    if (buf_put(&out, (const char *)run + copied, pos - copied) < 0) {
-                        goto done;
-                    }
-                    row_out = out.len;
-                    copied = pos;
+                if (begin_row(&out, run, run_len, &copied, pos, &row_out) < 0) {
+                    goto done;
                 }
                 Py_ssize_t new_len = length - (stop - first) + hit_len;
                 if (new_len > INT32_MAX ||
@@ -498,21 +508,8 @@ static PyObject *rewrite_run(PyObject *module, PyObject *const *args, Py_ssize_t
             } else {
                 BAIL(); /* a function of the value, several detectors */
             }
-            if (row_out < 0) {
-                if (!changed) {
-                    out.cap = run_len + 4096;
-                    out.data = PyMem_Malloc((size_t)out.cap);
-                    if (out.data == NULL) {
-                        PyErr_NoMemory();
-                        goto done;
-                    }
-                    changed = 1;
-                }
-                if (buf_put(&out, (const char *)run + copied, pos - copied) < 0) {
-                    goto done;
-                }
-                row_out = out.len;
-                copied = pos;
+            if (begin_row(&out, run, run_len, &copied, pos, &row_out) < 0) {
+                goto done;
             }
             if (buf_put(&out, (const char *)run + copied, p - copied) < 0 ||
                 buf_put(&out, new_head, new_head_len) < 0) {
@@ -557,7 +554,7 @@ static PyObject *rewrite_run(PyObject *module, PyObject *const *args, Py_ssize_t
         }
         pos = end;
     }
-    if (!changed) {
+    if (out.data == NULL) { /* nothing changed */
         result = PyBytes_FromStringAndSize("", 0);
         goto add_counts;
     }
