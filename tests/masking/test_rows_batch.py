@@ -211,14 +211,18 @@ def batches(
     columns = draw(st.lists(column, min_size=1, max_size=7))
     detectors = draw(st.sampled_from([(), *DETECTOR_SETS]))
     rw = rewriter(columns, detectors, draw(st.sampled_from(STYLES)), draw(st.integers(0, 6)))
-    rows = draw(
-        st.lists(
-            st.tuples(*(value_for(oid, fmt) for oid, fmt, _ in columns)).map(list),
-            min_size=1,
-            max_size=6,
-        )
+    return rw, draw(rows_for(columns, max_rows=6))
+
+
+def rows_for(
+    columns: Sequence[tuple[int, int, str | None]], max_rows: int
+) -> st.SearchStrategy[list[list[bytes | None]]]:
+    """Rows of values that fit ``columns`` ((type oid, format, style) each)."""
+    return st.lists(
+        st.tuples(*(value_for(oid, fmt) for oid, fmt, _ in columns)).map(list),
+        min_size=1,
+        max_size=max_rows,
     )
-    return rw, rows
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -27,7 +27,7 @@ from tests.masking.test_rows_batch import (
     VARCHAR,
     message,
     rewriter,
-    value_for,
+    rows_for,
 )
 
 C_LOOP = rows_module.REWRITE_RUN_C
@@ -97,14 +97,7 @@ def c_batches(draw: st.DrawFn) -> tuple[Callable[[], RowRewriter], list[list[byt
     def make() -> RowRewriter:
         return rewriter(columns, detectors, "redact", keep)
 
-    rows = draw(
-        st.lists(
-            st.tuples(*(value_for(oid, fmt) for oid, fmt, _ in columns)).map(list),
-            min_size=1,
-            max_size=8,
-        )
-    )
-    return make, rows
+    return make, draw(rows_for(columns, max_rows=8))
 
 
 @settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
