@@ -37,6 +37,7 @@ $(BIN)/python:
 
 # Re-install only when pyproject.toml or the C extension changed since the last install.
 $(STAMP): pyproject.toml setup.py src/callgate/masking/_rowscan.c | $(BIN)/python
+	scripts/ensure-build.sh $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
