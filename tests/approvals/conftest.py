@@ -1,4 +1,5 @@
-"""Fixtures for the approvals tests: a config, a SQLite store in tmp, the service, principals."""
+"""Fixtures for the approvals tests: a config, a store in tmp (SQLite, or the PostgreSQL database
+``review_store_url`` names), the service, principals."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from callgate.approvals import ApprovalService, WebhookNotifier
 from callgate.audit import AuditService
 from callgate.config import Config, parse_config
 from callgate.model import Principal
-from callgate.store import SqliteStore
+from callgate.store import SqliteStore, Store, open_store
 
 T = TypeVar("T")
 
@@ -69,6 +70,16 @@ def make_config(tmp_path: Path, data: Mapping[str, Any] | None = None) -> Config
     return parse_config(dict(data or base_config()), tmp_path)
 
 
+#: The store the approvals tests run on: ``None`` for a SQLite file in the test's directory, else
+#: a PostgreSQL URL (set by test_service's parametrized ``review_backend`` fixture).
+STORE_URL: list[str | None] = [None]
+
+
+def open_test_store(tmp_path: Path) -> Store:
+    url = STORE_URL[0]
+    return SqliteStore(tmp_path / "state.db") if url is None else open_store(url)
+
+
 @asynccontextmanager
 async def running(
     tmp_path: Path,
@@ -76,9 +87,9 @@ async def running(
     *,
     start: bool = True,
     notifier: WebhookNotifier | None = None,
-) -> AsyncIterator[tuple[ApprovalService, SqliteStore]]:
+) -> AsyncIterator[tuple[ApprovalService, Store]]:
     config = make_config(tmp_path, data)
-    store = SqliteStore(tmp_path / "state.db")
+    store = open_test_store(tmp_path)
     audit = AuditService(store, close_store=False)
     service = ApprovalService.from_config(config, store, audit, notifier=notifier)
     if start:

@@ -1,10 +1,12 @@
-"""The approvals service on a real SQLite store: holds, decisions, binding, access windows."""
+"""The approvals service on a real store, SQLite and PostgreSQL: holds, decisions, binding, access
+windows."""
 
 from __future__ import annotations
 
 import asyncio
 import statistics
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,18 +23,34 @@ from callgate.approvals import (
 )
 from callgate.audit import AuditService
 from callgate.errors import ConfigError
-from callgate.store import SqliteStore
+from callgate.store import Store
 from tests.approvals.conftest import (
     ALICE,
     DBA1,
     DBA2,
     DBA_ALICE,
     MALLORY,
+    STORE_URL,
     base_config,
     make_config,
+    open_test_store,
     run,
     running,
 )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"], autouse=True)
+def review_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test here runs on both stores."""
+    if request.param == "postgresql":
+        server = request.getfixturevalue("pg_local")
+        database = request.getfixturevalue("pg_db")
+        STORE_URL[0] = f"postgresql://{server.user}@{server.host}:{server.port}/{database}"
+    try:
+        yield str(request.param)
+    finally:
+        STORE_URL[0] = None
+
 
 SQL = "INSERT INTO orders (id, status) VALUES (1, 'new')"
 VERSION = "v1"
@@ -50,7 +68,7 @@ async def _request(service: ApprovalService, sql: str = SQL, **kw: object) -> st
     return review.id
 
 
-async def _event_types(service: ApprovalService, store: SqliteStore) -> list[str]:
+async def _event_types(service: ApprovalService, store: Store) -> list[str]:
     await service.flush()
     return [e.type for e in await store.session_events(None)]
 
@@ -119,7 +137,7 @@ def test_overdue_reviews_expire_without_a_waiter(tmp_path: Path) -> None:
 
     async def main() -> None:
         config = make_config(tmp_path)
-        store = SqliteStore(tmp_path / "state.db")
+        store = open_test_store(tmp_path)
         service = ApprovalService.from_config(config, store, None, clock=lambda: now[0])
         try:
             rid = await _request(service)
@@ -258,7 +276,7 @@ def test_deferred_window_and_any_parameters(tmp_path: Path) -> None:
 
     async def main() -> None:
         config = make_config(tmp_path, data)
-        store = SqliteStore(tmp_path / "state.db")
+        store = open_test_store(tmp_path)
         service = ApprovalService.from_config(config, store, None, clock=lambda: now[0])
         try:
             rid = await _request(service, "DELETE FROM orders WHERE id = $1", params=(b"1",))
@@ -381,7 +399,7 @@ def test_grant_policy_must_exist(tmp_path: Path) -> None:
     config = make_config(tmp_path, data)
 
     async def main() -> None:
-        async with SqliteStore(tmp_path / "state.db") as store:
+        async with open_test_store(tmp_path) as store:
             with pytest.raises(ConfigError, match=r"approvals\[0\]\.access\.grant_policy"):
                 ApprovalService.from_config(config, store, AuditService(store, close_store=False))
 

@@ -22,6 +22,7 @@ _REAL = re.compile(r"\bREAL\b", re.IGNORECASE)
 LOCK_MIGRATE = 0x63616C6C  # "call"
 LOCK_CHAIN_NONE = 0x63616C6D
 LOCK_CHECKPOINTS = 0x63616C6E
+LOCK_REVIEWS = 0x63616C6F
 
 
 def to_postgres(statement: str) -> str:

@@ -14,7 +14,7 @@ import json
 import threading
 import time
 from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]
@@ -34,6 +34,9 @@ from callgate.store.records import (
 )
 from callgate.store.sqlite_audit import CHECKPOINT_COLUMNS, checkpoint_from_row
 from callgate.store.writer import MAX_BATCH_ITEMS, GroupCommitWriter
+
+if TYPE_CHECKING:
+    from callgate.store.reviews import ReviewStore
 
 T = TypeVar("T")
 
@@ -139,6 +142,7 @@ class PostgresStore(Store):
     ) -> None:
         self._dsn = dsn
         self._url = redact_url(dsn)
+        self._connect_timeout = connect_timeout
         self._reads = _LoopThread("callgate-store-reads")
         try:
             self._pool: Any = self._reads.run_sync(
@@ -379,6 +383,12 @@ class PostgresStore(Store):
             " FROM outbox o GROUP BY sink ORDER BY sink"
         )
         return [OutboxStatus(str(r[0]), int(r[1]), r[2], int(r[3]), r[4]) for r in rows]
+
+    def review_store(self) -> ReviewStore:
+        """The review store in this database (its own small pool; close it on its own)."""
+        from callgate.store.pg_reviews import PostgresReviewStore
+
+        return PostgresReviewStore(self._dsn, url=self._url, timeout=self._connect_timeout)
 
     # --- lifecycle ------------------------------------------------------------------------------
 

@@ -24,11 +24,11 @@ import json
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from callgate.store.base import Store
 from callgate.store.chain import canonical_json
@@ -305,11 +305,14 @@ class ReviewStore(ABC):
 
 def review_store_for(store: Store) -> ReviewStore:
     """The review store living beside ``store`` (same database)."""
+    from callgate.store.postgres import PostgresStore
     from callgate.store.sqlite import SqliteStore
 
     if isinstance(store, SqliteStore):
         return SqliteReviewStore(store.path)
-    raise StoreError(f"approvals are not available on the store {store.url} yet")
+    if isinstance(store, PostgresStore):
+        return store.review_store()
+    raise StoreError(f"approvals are not available on the store {store.url}")
 
 
 # --- SQLite ---------------------------------------------------------------------------------------
@@ -401,65 +404,46 @@ def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
     return conn
 
 
-class SqliteReviewStore(ReviewStore):
-    """Reviews in the SQLite store at ``path`` (already migrated by :class:`SqliteStore`)."""
+class Cursor(Protocol):
+    """What a work function reads back from :meth:`Conn.execute` (a DB-API cursor's subset)."""
 
-    def __init__(self, path: Path, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
-        try:
-            self._writer = _connect(path, busy_timeout)
-            self._reader = _connect(path, busy_timeout)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open the review store {path}: {exc}") from exc
-        self._write_lock = threading.Lock()
-        self._read_lock = threading.Lock()
-        self._closed = False
+    @property
+    def rowcount(self) -> int: ...
 
-    # --- plumbing -------------------------------------------------------------------------------
+    def fetchone(self) -> Any: ...
 
-    def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        try:
-            with self._read_lock:
-                return self._reader.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"store read failed: {exc}") from exc
+    def fetchall(self) -> list[Any]: ...
 
-    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closed:
-            raise StoreUnavailable("the review store is closed")
-        return await asyncio.to_thread(self._transaction, work)
 
-    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        with self._write_lock:
-            conn = self._writer
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(f"store write failed: {exc}") from exc
-            try:
-                result = work(conn)
-                conn.execute("COMMIT")
-            except sqlite3.IntegrityError as exc:
-                conn.execute("ROLLBACK")
-                raise StoreConflict(f"store write refused: {exc}") from exc
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise StoreUnavailable(f"store write failed: {exc}") from exc
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return result
+class Conn(Protocol):
+    """The connection a write transaction's work function gets: SQL with ``?`` placeholders,
+    in the subset both SQLite and PostgreSQL (translated by :func:`to_postgres_sql`) accept."""
+
+    def execute(self, sql: str, params: Sequence[Any] = (), /) -> Cursor: ...
+
+    def executemany(self, sql: str, seq: Iterable[Sequence[Any]], /) -> Any: ...
+
+
+class SqlReviewStore(ReviewStore):
+    """The review store's logic over SQL, once for both backends. A backend gives :meth:`_read`
+    (one query, awaited) and :meth:`_write` (a work function run in one serialized write
+    transaction on a thread: a check and the change it allows are atomic across processes)."""
+
+    @abstractmethod
+    async def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]: ...
+
+    @abstractmethod
+    async def _write(self, work: Callable[[Conn], T]) -> T: ...
 
     @staticmethod
-    def _log(conn: sqlite3.Connection, review_id: str, ts: float, type_: str, data: Any) -> None:
+    def _log(conn: Conn, review_id: str, ts: float, type_: str, data: Any) -> None:
         conn.execute(
             "INSERT INTO review_log (review_id, ts, type, payload) VALUES (?, ?, ?, ?)",
             (review_id, ts, type_, canonical_json(data)),
         )
 
     @staticmethod
-    def _votes(conn: sqlite3.Connection, review_id: str) -> tuple[VoteRecord, ...]:
+    def _votes(conn: Conn, review_id: str) -> tuple[VoteRecord, ...]:
         rows = conn.execute(
             "SELECT approver, method, at, reason FROM review_votes WHERE review_id = ?"
             " ORDER BY at, approver",
@@ -467,7 +451,7 @@ class SqliteReviewStore(ReviewStore):
         ).fetchall()
         return tuple(VoteRecord(*r) for r in rows)
 
-    def _load(self, conn: sqlite3.Connection, review_id: str) -> ReviewRecord:
+    def _load(self, conn: Conn, review_id: str) -> ReviewRecord:
         row = conn.execute(
             f"SELECT {_REVIEW_COLUMNS} FROM reviews WHERE id = ?", (review_id,)
         ).fetchone()
@@ -477,7 +461,7 @@ class SqliteReviewStore(ReviewStore):
 
     def _set_state(
         self,
-        conn: sqlite3.Connection,
+        conn: Conn,
         review: ReviewRecord,
         to_state: ReviewState,
         *,
@@ -507,7 +491,7 @@ class SqliteReviewStore(ReviewStore):
     async def create(self, review: ReviewRecord) -> None:
         r = review
 
-        def work(conn: sqlite3.Connection) -> None:
+        def work(conn: Conn) -> None:
             conn.execute(
                 f"INSERT INTO reviews ({_REVIEW_COLUMNS}) VALUES"
                 f" ({', '.join('?' * 29)})",
@@ -543,19 +527,19 @@ class SqliteReviewStore(ReviewStore):
         await self._write(work)
 
     async def get(self, review_id: str) -> ReviewRecord | None:
-        rows = self._read(f"SELECT {_REVIEW_COLUMNS} FROM reviews WHERE id = ?", (review_id,))
+        rows = await self._read(f"SELECT {_REVIEW_COLUMNS} FROM reviews WHERE id = ?", (review_id,))
         if not rows:
             return None
-        return self._with_votes(rows)[0]
+        return (await self._with_votes(rows))[0]
 
-    def _with_votes(self, rows: list[tuple[Any, ...]]) -> list[ReviewRecord]:
+    async def _with_votes(self, rows: list[tuple[Any, ...]]) -> list[ReviewRecord]:
         if not rows:
             return []
         ids = [r[0] for r in rows]
         votes: dict[str, list[VoteRecord]] = {}
         for chunk in range(0, len(ids), 500):
             part = ids[chunk : chunk + 500]
-            for v in self._read(
+            for v in await self._read(
                 "SELECT review_id, approver, method, at, reason FROM review_votes"
                 f" WHERE review_id IN ({', '.join('?' * len(part))}) ORDER BY at, approver",
                 part,
@@ -579,32 +563,32 @@ class SqliteReviewStore(ReviewStore):
             where.append("kind = ?")
             params.append(kind.value)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        rows = self._read(
+        rows = await self._read(
             f"SELECT {_REVIEW_COLUMNS} FROM reviews{clause} ORDER BY created_at DESC, id LIMIT ?",
             [*params, limit],
         )
-        return self._with_votes(rows)
+        return await self._with_votes(rows)
 
     async def decided(self, review_ids: Collection[str]) -> dict[str, ReviewRecord]:
         ids = list(review_ids)
         rows: list[tuple[Any, ...]] = []
         for chunk in range(0, len(ids), 500):
             part = ids[chunk : chunk + 500]
-            rows += self._read(
+            rows += await self._read(
                 f"SELECT {_REVIEW_COLUMNS} FROM reviews WHERE state != ?"
                 f" AND id IN ({', '.join('?' * len(part))})",
                 [_PENDING, *part],
             )
-        return {r.id: r for r in self._with_votes(rows)}
+        return {r.id: r for r in await self._with_votes(rows)}
 
     async def log_head(self) -> int:
-        rows = self._read("SELECT COALESCE(MAX(id), 0) FROM review_log")
+        rows = await self._read("SELECT COALESCE(MAX(id), 0) FROM review_log")
         return int(rows[0][0])
 
     async def vote(
         self, review_id: str, vote: VoteRecord, *, now: float, grant_id: str, grant_policy: str
     ) -> VoteOutcome:
-        def work(conn: sqlite3.Connection) -> VoteOutcome | ReviewStateConflict:
+        def work(conn: Conn) -> VoteOutcome | ReviewStateConflict:
             review = self._load(conn, review_id)
             if review.pending and review.expires_at <= now:
                 review = self._set_state(
@@ -680,7 +664,7 @@ class SqliteReviewStore(ReviewStore):
         if to_state not in (ReviewState.DENIED, ReviewState.EXPIRED, ReviewState.WITHDRAWN):
             raise ValueError(f"cannot move a review to {to_state} directly")
 
-        def work(conn: sqlite3.Connection) -> ReviewRecord:
+        def work(conn: Conn) -> ReviewRecord:
             review = self._load(conn, review_id)
             if not review.pending:
                 raise ReviewStateConflict(f"review {review_id} is {review.state}", review)
@@ -689,7 +673,7 @@ class SqliteReviewStore(ReviewStore):
         return await self._write(work)
 
     async def consume(self, review_id: str, *, at: float) -> ReviewRecord:
-        def work(conn: sqlite3.Connection) -> ReviewRecord:
+        def work(conn: Conn) -> ReviewRecord:
             review = self._load(conn, review_id)
             if review.state is not ReviewState.APPROVED or review.mode != "deferred":
                 raise ReviewStateConflict(f"review {review_id} is {review.state}", review)
@@ -723,7 +707,7 @@ class SqliteReviewStore(ReviewStore):
         policy_version: str,
         now: float,
     ) -> ReviewRecord | None:
-        rows = self._read(
+        rows = await self._read(
             f"SELECT {_REVIEW_COLUMNS} FROM reviews"
             " WHERE requester = ? AND requester_issuer IS ? AND connection = ?"
             " AND fingerprint = ? AND kind = 'statement' AND mode = 'deferred' AND state = ?"
@@ -735,10 +719,10 @@ class SqliteReviewStore(ReviewStore):
                 param_digest, policy_version, now,
             ),
         )  # fmt: skip
-        return self._with_votes(rows)[0] if rows else None
+        return (await self._with_votes(rows))[0] if rows else None
 
     async def expire_overdue(self, now: float) -> list[ReviewRecord]:
-        def work(conn: sqlite3.Connection) -> list[ReviewRecord]:
+        def work(conn: Conn) -> list[ReviewRecord]:
             ids = [
                 r[0]
                 for r in conn.execute(
@@ -753,7 +737,7 @@ class SqliteReviewStore(ReviewStore):
                 for i in ids
             ]  # fmt: skip
 
-        if not self._read(
+        if not await self._read(
             "SELECT 1 FROM reviews WHERE state = ? AND expires_at <= ? LIMIT 1", (_PENDING, now)
         ):
             return []
@@ -762,7 +746,7 @@ class SqliteReviewStore(ReviewStore):
     # --- grants ---------------------------------------------------------------------------------
 
     async def get_grant(self, grant_id: str) -> GrantRecord | None:
-        rows = self._read(f"SELECT {_GRANT_COLUMNS} FROM grants WHERE id = ?", (grant_id,))
+        rows = await self._read(f"SELECT {_GRANT_COLUMNS} FROM grants WHERE id = ?", (grant_id,))
         return _grant(rows[0]) if rows else None
 
     async def grants(
@@ -786,7 +770,7 @@ class SqliteReviewStore(ReviewStore):
             where.append("revoked_at IS NULL AND starts_at <= ? AND expires_at > ?")
             params += [active_at, active_at]
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        rows = self._read(
+        rows = await self._read(
             f"SELECT {_GRANT_COLUMNS} FROM grants{clause} ORDER BY starts_at DESC, id LIMIT ?",
             [*params, limit],
         )
@@ -795,7 +779,7 @@ class SqliteReviewStore(ReviewStore):
     async def revoke_grant(
         self, grant_id: str, *, at: float, by: str, reason: str | None
     ) -> GrantRecord:
-        def work(conn: sqlite3.Connection) -> GrantRecord:
+        def work(conn: Conn) -> GrantRecord:
             row = conn.execute(
                 f"SELECT {_GRANT_COLUMNS} FROM grants WHERE id = ?", (grant_id,)
             ).fetchone()
@@ -821,10 +805,10 @@ class SqliteReviewStore(ReviewStore):
 
     async def end_grants(self, now: float) -> list[GrantRecord]:
         query = f"SELECT {_GRANT_COLUMNS} FROM grants WHERE end_logged = 0 AND expires_at <= ?"
-        if not self._read(query + " LIMIT 1", (now,)):
+        if not await self._read(query + " LIMIT 1", (now,)):
             return []
 
-        def work(conn: sqlite3.Connection) -> list[GrantRecord]:
+        def work(conn: Conn) -> list[GrantRecord]:
             ended = [_grant(r) for r in conn.execute(query, (now,)).fetchall()]
             for g in ended:
                 conn.execute("UPDATE grants SET end_logged = 1 WHERE id = ?", (g.id,))
@@ -841,13 +825,13 @@ class SqliteReviewStore(ReviewStore):
     async def append_log(
         self, review_id: str, type_: str, payload: dict[str, Any], *, at: float
     ) -> None:
-        def work(conn: sqlite3.Connection) -> None:
+        def work(conn: Conn) -> None:
             self._log(conn, review_id, at, type_, payload)
 
         await self._write(work)
 
     async def unaudited(self, limit: int = 500) -> list[ReviewLogRecord]:
-        rows = self._read(
+        rows = await self._read(
             "SELECT id, review_id, ts, type, payload FROM review_log WHERE audited_at IS NULL"
             " ORDER BY id LIMIT ?",
             (limit,),
@@ -859,13 +843,62 @@ class SqliteReviewStore(ReviewStore):
         if not ids:
             return
 
-        def work(conn: sqlite3.Connection) -> None:
+        def work(conn: Conn) -> None:
             conn.executemany(
                 "UPDATE review_log SET audited_at = ? WHERE id = ? AND audited_at IS NULL",
                 [(at, i) for i in ids],
             )
 
         await self._write(work)
+
+
+class SqliteReviewStore(SqlReviewStore):
+    """Reviews in the SQLite store at ``path`` (already migrated by :class:`SqliteStore`)."""
+
+    def __init__(self, path: Path, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
+        try:
+            self._writer = _connect(path, busy_timeout)
+            self._reader = _connect(path, busy_timeout)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open the review store {path}: {exc}") from exc
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._closed = False
+
+    async def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        try:
+            with self._read_lock:
+                return self._reader.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"store read failed: {exc}") from exc
+
+    async def _write(self, work: Callable[[Conn], T]) -> T:
+        if self._closed:
+            raise StoreUnavailable("the review store is closed")
+        return await asyncio.to_thread(self._transaction, work)
+
+    def _transaction(self, work: Callable[[Conn], T]) -> T:
+        with self._write_lock:
+            conn = self._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"store write failed: {exc}") from exc
+            try:
+                result = work(conn)
+                conn.execute("COMMIT")
+            except sqlite3.IntegrityError as exc:
+                conn.execute("ROLLBACK")
+                raise StoreConflict(f"store write refused: {exc}") from exc
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StoreUnavailable(f"store write failed: {exc}") from exc
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return result
 
     async def close(self) -> None:
         if self._closed:

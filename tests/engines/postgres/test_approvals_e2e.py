@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import select
 import statistics
 import subprocess
@@ -20,6 +21,7 @@ from callgate.protocols.postgres import messages as m
 from tests.engines.postgres.conftest import MakeThrough, Through
 from tests.engines.postgres.test_refusals import error_code, login
 from tests.support.gateway import Gateway
+from tests.support.pgcluster import PgServer
 
 pytestmark = pytest.mark.integration
 
@@ -366,3 +368,50 @@ def test_the_end_of_a_session_with_client_bytes_unread_still_reaches_the_client(
     finally:
         s.close()
     assert count(th) == 0
+
+
+def test_held_insert_approved_on_a_postgresql_store(
+    make_through: MakeThrough, pg_local: PgServer
+) -> None:
+    """Approvals with the audit and review store in PostgreSQL: the gateway holds the statement,
+    the CLI (its own process, the same store) lists and approves it, the client gets its result,
+    and the decision is in the audit chain."""
+    store_db = f"cg_store_{secrets.token_hex(6)}"
+    with pg_local.connect() as admin:
+        admin.execute(f'CREATE DATABASE "{store_db}"')
+    try:
+        url = f"postgresql://{pg_local.user}@{pg_local.host}:{pg_local.port}/{store_db}"
+        th = make_through(
+            {
+                "gateway": {"store": url, "secret_key": "env:CG_TEST_SECRET_KEY"},
+                "policies": [POLICY],
+                "approvals": approvals(),
+                "listeners": LISTENERS,
+            },
+            env={"CG_TEST_SECRET_KEY": secrets.token_hex(32)},
+        )
+        dba = th.gw.create_key("dba-1", ["dba"])
+        with psycopg.connect(th.server.dsn(th.database), autocommit=True) as admin:
+            admin.execute("create table items (id int primary key, v text)")
+        result: dict[str, Any] = {}
+
+        def client() -> None:
+            with psycopg.connect(th.dsn(), autocommit=True) as conn:
+                cur = conn.execute("insert into items values (%s, %s)", (7, "held"))
+                result["rowcount"] = cur.rowcount
+
+        t = threading.Thread(target=client)
+        t.start()
+        review = pending(th.gw, dba)[0]
+        done = cli_as(th.gw, dba, "reviews", "approve", review["id"], "--reason", "ok")
+        assert done.returncode == 0, done.stderr
+        t.join(30)
+        assert result.get("rowcount") == 1
+        assert count(th) == 1
+        th.gw.stop()  # the review events reach the chain at the latest when it stops
+        with psycopg.connect(pg_local.dsn(store_db)) as store:
+            types = {r[0] for r in store.execute("SELECT type FROM events")}
+        assert {"review.requested", "review.approved"} <= types, types
+    finally:
+        with pg_local.connect() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{store_db}" WITH (FORCE)')
