@@ -94,8 +94,8 @@ class _PgConn:
         self._thread.run_sync(self._conn.executemany(to_postgres_sql(sql), args), self._timeout)
 
 
-async def _open_pool(dsn: str, timeout: float) -> Any:
-    return await asyncpg.create_pool(dsn, min_size=1, max_size=POOL_SIZE, timeout=timeout)
+async def _open_pool(dsn: str, seconds: float) -> Any:
+    return await asyncpg.create_pool(dsn, min_size=1, max_size=POOL_SIZE, timeout=seconds)
 
 
 async def _acquire(pool: Any) -> Any:
