@@ -33,7 +33,7 @@ from tests.store.test_store_sqlite import _session
 CHILD_PRELUDE = """
 import asyncio, os, sys
 from pathlib import Path
-from callgate.store import AppendEvent, InsertSession, SessionRecord, SqliteStore
+from callgate.store import AppendEvent, EndSession, InsertSession, SessionRecord, SqliteStore
 
 def session(sid):
     return SessionRecord(id=sid, subject="alice", groups=("dba",), auth_method="api_key",
@@ -107,6 +107,14 @@ def _events(db: Path, sid: str) -> list[tuple[int, str]]:
     return [(int(r[0]), str(r[1])) for r in rows]
 
 
+def _session_ids(db: Path) -> list[str]:
+    conn = sqlite3.connect(db)
+    try:
+        return [str(r[0]) for r in conn.execute("SELECT id FROM sessions ORDER BY id")]
+    finally:
+        conn.close()
+
+
 def _journal_applied(db: Path) -> int:
     conn = sqlite3.connect(db)
     try:
@@ -129,6 +137,7 @@ def test_a_strict_event_is_acknowledged_from_the_journal_and_applied_in_the_next
         store = SqliteStore(db_path, journal=True)
         try:
             await store.commit((InsertSession(_session("s1")), _event("s1", 1)))
+            await store.flush()
             before = store.write_batches
             assert await store.commit((_event("s1", 2),)) == (None,)
             # acknowledged without a SQLite commit: the event is in the journal only, for now
@@ -163,27 +172,41 @@ def test_a_crash_loses_no_acknowledged_event_and_the_restart_replays_them(db_pat
             for seq in range(3, 8):
                 await store.commit((event("s1", seq),))
                 await store.commit((event("s2", seq - 1),))
+            # s2 ends (queued, unwaited) and rides in the record of s1's next statement
+            store.submit((
+                AppendEvent("s2", 7, 1010.0, "session.end", '{"reason":"client closed"}'),
+                EndSession("s2", 1010.0, "client closed", 11, 22, 6),
+            ))
+            await store.commit((event("s1", 8),))
             os._exit(0)  # the crash: nothing flushed, nothing closed
 
         asyncio.run(main())
         """,
     )
-    assert _events(db_path, "s1") == [(1, "query")]
+    # the sessions' rows and every event are in the journal only
+    assert _events(db_path, "s1") == []
+    assert _session_ids(db_path) == []
     assert journal_path(db_path).stat().st_size > 0
 
     async def restart() -> None:
         store = SqliteStore(db_path, journal=True)
         try:
             store.configure_audit(AuditWriterSettings())
-            assert [s for s, _ in _events(db_path, "s1")] == list(range(1, 8))
-            assert [s for s, _ in _events(db_path, "s2")] == list(range(1, 7))
+            assert _session_ids(db_path) == ["s1", "s2"]
+            assert [s for s, _ in _events(db_path, "s1")] == list(range(1, 9))
+            assert [s for s, _ in _events(db_path, "s2")] == list(range(1, 8))
             await _verify(store, "s1")
             await _verify(store, "s2")
             assert journal_path(db_path).stat().st_size == 0
-            # the interrupted sessions are then closed after their replayed events
+            s2 = await store.get_session("s2")
+            assert s2 is not None and (s2.ended_at, s2.end_reason) == (1010.0, "client closed")
+            assert (s2.bytes_from_client, s2.bytes_to_client, s2.statements) == (11, 22, 6)
+            # the interrupted session is then closed after its replayed events; the one that
+            # ended before the crash keeps its own end
             (closed,) = await store.commit((CloseInterrupted(None, 2000.0, "ended by crash"),))
-            assert set(closed) == {"s1", "s2"}  # type: ignore[arg-type]
-            assert _events(db_path, "s1")[-1] == (8, "session.end")
+            assert set(closed) == {"s1"}  # type: ignore[arg-type]
+            assert _events(db_path, "s1")[-1] == (9, "session.end")
+            assert _events(db_path, "s2")[-1] == (7, "session.end")
             await _verify(store, "s1")
         finally:
             await store.close()
@@ -195,8 +218,9 @@ def test_a_torn_last_record_is_ignored_and_the_journal_goes_on(db_path: Path) ->
     _crash_after(db_path, 3)
     journal = journal_path(db_path)
     whole = journal.read_bytes()
-    # the crash tore the last record: half of it reached the file
-    journal.write_bytes(whole[: len(whole) - (len(whole) // 2) // 2])
+    # the crash tore the last record (event 3's, 16 bytes of header and about 30 of body): part
+    # of it reached the file
+    journal.write_bytes(whole[: len(whole) - 12])
     assert _restart(db_path) == [1, 2]
     assert journal.stat().st_size == 0
     # and the next run journals, crashes and is replayed as before
@@ -253,6 +277,7 @@ def test_a_removed_database_fails_strict_writes_instead_of_journaling_them(db_pa
                 path = Path(f"{db_path}{suffix}")
                 if path.exists():
                     path.unlink()
+            await asyncio.sleep(0.01)  # the loop turns: the inotify watch reports the removal
             with pytest.raises(StoreUnavailable, match="removed"):
                 await store.commit((_event("s1", 2),))
             assert journal_path(db_path).stat().st_size == size
@@ -270,6 +295,7 @@ def test_a_removed_journal_turns_journaling_off_and_writes_still_commit(
         try:
             await store.commit((InsertSession(_session("s1")), _event("s1", 1)))
             journal_path(db_path).unlink()
+            await asyncio.sleep(0.01)  # the loop turns: the inotify watch reports the removal
             before = store.write_batches
             await store.commit((_event("s1", 2),))
             assert store.write_batches > before
@@ -339,7 +365,8 @@ def test_cli_stores_never_touch_the_journal(db_path: Path) -> None:
 
     async def cli() -> None:
         async with SqliteStore(db_path) as store:
-            assert [e.seq for e in await store.session_events("s1")] == [1]
+            # what the crashed gateway journaled is not in the database yet
+            assert await store.session_events("s1") == []
 
     asyncio.run(cli())
     assert journal_path(db_path).stat().st_size == size
@@ -401,3 +428,28 @@ def test_a_database_removed_while_serving_stops_the_journal_within_a_turn(db_pat
             await store.close()
 
     asyncio.run(main())
+
+
+def test_a_session_row_survives_the_record_format_whatever_the_client_sent() -> None:
+    """A session's row goes into a record with its start, and its end with its session.end;
+    fields the client chose (user name, application name) cannot break the record's separators,
+    and both come back equal."""
+    from dataclasses import replace
+
+    from callgate.store import EndSession
+    from callgate.store.journal import decode, encode
+
+    hostile = replace(
+        _session("s9"),
+        client_user="a\x1fb\x1ec\x01session",
+        application_name="ünï\ncode\x00",
+        groups=("x", "y"),
+        issuer="https://idp.example",
+    )
+    end = EndSession("s9", 1234.5, "client closed: \x1e\x1f", 10, 20, 2)
+    items = [InsertSession(hostile), _event("s9", 1), _event("s9", 2), end]
+    assert decode(encode(items)) == items
+    # a row whose fields do not belong to the session it names is refused, not trusted
+    bad = encode([InsertSession(hostile)]).replace(b"s9\x1f0", b"s8\x1f0", 1)
+    with pytest.raises(ValueError):
+        decode(bad)

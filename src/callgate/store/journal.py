@@ -16,8 +16,11 @@ it runs, the file is truncated whenever everything in it has been applied and it
 
 Record layout (little-endian): ``u32 body length, u32 CRC-32 of the body, u64 sequence number``,
 then the body: the record's events, each ``session_id 0x1f seq 0x1f repr(ts) 0x1f type 0x1f
-payload 0x1e`` in UTF-8. Payloads are canonical JSON, which escapes every control character, so
-the separators cannot occur inside a field. A record whose length or CRC does not match (a write
+payload 0x1e`` in UTF-8. A session's row (its ``session.start`` comes with it) is written the same
+way with seq ``0``, type ``0x01 "session"`` and the row's fields as the payload, and a session's
+end (with its ``session.end``) with type ``0x01 "end"``. Payloads are
+canonical JSON, which escapes every control character, so the separators cannot occur inside a
+field. A record whose length or CRC does not match (a write
 torn by the crash) ends the replay.
 
 One gateway process holds the journal at a time (an exclusive ``flock``); another process that
@@ -28,6 +31,7 @@ them as before.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import struct
@@ -35,8 +39,9 @@ import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from callgate.store.chain import canonical_json
 from callgate.store.errors import StoreUnavailable
-from callgate.store.records import AppendEvent
+from callgate.store.records import AppendEvent, EndSession, InsertSession, SessionRecord
 
 log = logging.getLogger("callgate.store")
 
@@ -59,22 +64,82 @@ def journal_path(db_path: Path) -> Path:
     return db_path.with_name(db_path.name + ".audit-journal")
 
 
-def encode(events: Iterable[AppendEvent]) -> bytes:
+#: The "type" of a session's row (its :class:`InsertSession`) in a record: not an event type.
+_SESSION_ROW = "\x01session"
+
+#: ... and of a session's end (its :class:`EndSession`, which comes with its ``session.end``).
+_SESSION_END = "\x01end"
+
+#: What a record holds: session events, and the rows of the sessions they open and end.
+JournalItem = AppendEvent | InsertSession | EndSession
+
+
+def _session_row(r: SessionRecord) -> str:
+    return canonical_json(
+        {
+            "id": r.id, "subject": r.subject, "groups": list(r.groups),
+            "auth_method": r.auth_method, "credential_id": r.credential_id, "issuer": r.issuer,
+            "connection": r.connection, "protocol": r.protocol, "client_addr": r.client_addr,
+            "client_user": r.client_user, "application_name": r.application_name,
+            "tls": r.tls, "started_at": r.started_at, "gateway_id": r.gateway_id,
+        }
+    )  # fmt: skip
+
+
+def _session_end(e: EndSession) -> str:
+    return canonical_json(
+        {
+            "ended_at": e.ended_at, "end_reason": e.end_reason,
+            "bytes_from_client": e.bytes_from_client, "bytes_to_client": e.bytes_to_client,
+            "statements": e.statements,
+        }
+    )  # fmt: skip
+
+
+def _line(sid: str | None, seq: int | None, ts: float, type_: str, payload: str) -> str:
+    return f"{sid}{_FIELD}{seq}{_FIELD}{ts!r}{_FIELD}{type_}{_FIELD}{payload}{_END}"
+
+
+def _encode_one(e: JournalItem) -> str:
+    if type(e) is AppendEvent:
+        return _line(e.session_id, e.seq, e.ts, e.type, e.payload)
+    if type(e) is InsertSession:
+        r = e.record
+        return _line(r.id, 0, r.started_at, _SESSION_ROW, _session_row(r))
+    assert type(e) is EndSession
+    return _line(e.session_id, 0, e.ended_at, _SESSION_END, _session_end(e))
+
+
+def encode(items: Iterable[JournalItem]) -> bytes:
     return "".join(
         f"{e.session_id}{_FIELD}{e.seq}{_FIELD}{e.ts!r}{_FIELD}{e.type}{_FIELD}{e.payload}{_END}"
-        for e in events
+        if type(e) is AppendEvent
+        else _encode_one(e)
+        for e in items
     ).encode("utf-8")
 
 
-def decode(body: bytes) -> list[AppendEvent]:
-    events: list[AppendEvent] = []
+def decode(body: bytes) -> list[JournalItem]:
+    items: list[JournalItem] = []
     text = body.decode("utf-8")
     if not text.endswith(_END):
         raise ValueError("record does not end with an event separator")
     for part in text[:-1].split(_END):
         sid, seq, ts, type_, payload = part.split(_FIELD)
-        events.append(AppendEvent(sid, int(seq), float(ts), type_, payload))
-    return events
+        if type_ == _SESSION_ROW:
+            row = json.loads(payload)
+            if not isinstance(row, dict) or row.get("id") != sid:
+                raise ValueError("malformed session row")
+            row["groups"] = tuple(row["groups"])
+            items.append(InsertSession(SessionRecord(**row)))
+        elif type_ == _SESSION_END:
+            end = json.loads(payload)
+            if not isinstance(end, dict):
+                raise ValueError("malformed session end")
+            items.append(EndSession(sid, **end))
+        else:
+            items.append(AppendEvent(sid, int(seq), float(ts), type_, payload))
+    return items
 
 
 class JournalBusy(Exception):
@@ -125,12 +190,12 @@ class EventJournal:
     def fd(self) -> int:
         return self._fd
 
-    def recover(self, applied: int) -> list[tuple[int, list[AppendEvent]]]:
+    def recover(self, applied: int) -> list[tuple[int, list[JournalItem]]]:
         """Records past ``applied`` (``store_meta.journal_applied``), in order, up to the first
         torn or corrupt one; sets :attr:`last_seq` so later appends number on from both."""
         with open(self.path, "rb") as f:
             data = f.read()
-        records: list[tuple[int, list[AppendEvent]]] = []
+        records: list[tuple[int, list[JournalItem]]] = []
         last = applied
         pos = 0
         while pos < len(data):
@@ -144,7 +209,7 @@ class EventJournal:
                 break
             try:
                 events = decode(body)
-            except ValueError as exc:
+            except (ValueError, TypeError, KeyError) as exc:
                 log.warning("audit journal %s: bad record at byte %d: %s", self.path, pos, exc)
                 break
             pos += _HEADER.size + length
@@ -160,7 +225,7 @@ class EventJournal:
 
     # --- the hot path ---------------------------------------------------------------------------
 
-    def append(self, events: Sequence[AppendEvent]) -> int:
+    def append(self, events: Sequence[JournalItem]) -> int:
         """Write one record; return its sequence number. Raises :class:`OSError`."""
         body = encode(events)
         seq = self.last_seq + 1

@@ -223,6 +223,47 @@ _JOURNAL_APPLIED = (
 )
 
 
+def _insert_session(conn: sqlite3.Connection, r: SessionRecord) -> None:
+    conn.execute(
+        _INSERT_SESSION,
+        (
+            r.id,
+            r.subject,
+            _dump_groups(r.groups),
+            r.auth_method,
+            r.credential_id,
+            r.issuer,
+            r.connection,
+            r.protocol,
+            r.client_addr,
+            r.client_user,
+            r.application_name,
+            int(r.tls),
+            r.started_at,
+            r.gateway_id,
+        ),
+    )
+
+
+def _replay_head(
+    conn: sqlite3.Connection, chain: ChainBatch, sid: str, heads: dict[str, int | None]
+) -> None:
+    """Continue a previous process's session ``sid`` from the store's last event of it."""
+    known = conn.execute("SELECT 1 FROM sessions WHERE id = ?", (sid,)).fetchone()
+    if known is None:
+        log.warning("audit journal: events of unknown session %s not replayed", sid)
+        heads[sid] = None
+        return
+    last = conn.execute(
+        "SELECT seq, hash FROM events WHERE session_id = ? ORDER BY seq DESC LIMIT 1",
+        (sid,),
+    ).fetchone()
+    seq, digest = (int(last[0]), str(last[1])) if last is not None else (0, ZERO_HASH)
+    chain.set_head(sid, seq, digest)
+    chain.close(sid)  # a previous process's session: not live here
+    heads[sid] = seq
+
+
 def _replay_events(
     conn: sqlite3.Connection,
     chain: ChainBatch,
@@ -232,24 +273,40 @@ def _replay_events(
 ) -> None:
     """Queue a previous process's journaled events: each session's chain continues from the
     store's last event; events the store already has are skipped (``heads``: session → last
-    ``seq`` in the store, ``None`` for a session the store does not know)."""
+    ``seq`` in the store, ``None`` for a session the store does not know). A journaled session
+    row the store lacks is inserted, and all of that session's journaled events follow it."""
     for op in replay:
+        if type(op) is InsertSession:
+            sid = op.record.id
+            if sid not in heads:
+                known = conn.execute("SELECT 1 FROM sessions WHERE id = ?", (sid,)).fetchone()
+                if known is None:
+                    _insert_session(conn, op.record)
+                    chain.set_head(sid, 0, ZERO_HASH)
+                    chain.close(sid)  # a previous process's session: not live here
+                    heads[sid] = 0
+            continue
+        if type(op) is EndSession:
+            sid = op.session_id
+            if sid not in heads:
+                _replay_head(conn, chain, sid, heads)
+            if heads[sid] is not None:
+                conn.execute(
+                    _END_SESSION + " AND ended_at IS NULL",
+                    (
+                        op.ended_at,
+                        op.end_reason,
+                        op.bytes_from_client,
+                        op.bytes_to_client,
+                        op.statements,
+                        sid,
+                    ),
+                )
+            continue
         assert type(op) is AppendEvent and op.session_id is not None and op.seq is not None
         sid = op.session_id
         if sid not in heads:
-            known = conn.execute("SELECT 1 FROM sessions WHERE id = ?", (sid,)).fetchone()
-            if known is None:
-                log.warning("audit journal: events of unknown session %s not replayed", sid)
-                heads[sid] = None
-                continue
-            last = conn.execute(
-                "SELECT seq, hash FROM events WHERE session_id = ? ORDER BY seq DESC LIMIT 1",
-                (sid,),
-            ).fetchone()
-            seq, digest = (int(last[0]), str(last[1])) if last is not None else (0, ZERO_HASH)
-            chain.set_head(sid, seq, digest)
-            chain.close(sid)  # a previous process's session: not live here
-            heads[sid] = seq
+            _replay_head(conn, chain, sid, heads)
         head = heads[sid]
         if head is None or op.seq <= head:
             continue
@@ -374,7 +431,13 @@ class _SqliteSink:
                     if mark.replay:
                         _replay_events(conn, chain, ops[:-1], events, replayed)
                     else:
-                        events.extend(ops[:-1])  # type: ignore[arg-type]
+                        for op in ops[:-1]:
+                            if type(op) is AppendEvent:
+                                events.append(op)
+                            else:  # a session's row: its start or its end
+                                if type(op) is EndSession:
+                                    tx.force("session_end")
+                                self._apply(conn, op, chain, events)
                     journal_seq = max(journal_seq, mark.seq)
                     results.append(_ONE_NONE)
                 else:
@@ -413,26 +476,7 @@ class _SqliteSink:
             events.append(op)
             return None
         if isinstance(op, InsertSession):
-            r = op.record
-            conn.execute(
-                _INSERT_SESSION,
-                (
-                    r.id,
-                    r.subject,
-                    _dump_groups(r.groups),
-                    r.auth_method,
-                    r.credential_id,
-                    r.issuer,
-                    r.connection,
-                    r.protocol,
-                    r.client_addr,
-                    r.client_user,
-                    r.application_name,
-                    int(r.tls),
-                    r.started_at,
-                    r.gateway_id,
-                ),
-            )
+            _insert_session(conn, op.record)
             return None
         if isinstance(op, EndSession):
             chain.close(op.session_id)

@@ -26,8 +26,8 @@ from callgate.store.errors import (
     StoreUnavailable,
 )
 from callgate.store.filewatch import FileWatch
-from callgate.store.journal import TRUNCATE_BYTES, EventJournal
-from callgate.store.records import AppendEvent, JournalMark, WriteOp
+from callgate.store.journal import TRUNCATE_BYTES, EventJournal, JournalItem
+from callgate.store.records import AppendEvent, EndSession, InsertSession, JournalMark, WriteOp
 
 log = logging.getLogger("callgate.store")
 
@@ -74,6 +74,15 @@ class JournaledSink(BatchSink, Protocol):
 
 #: Seconds the writer waits for work before calling :meth:`BatchSink.idle`.
 IDLE_TICK = 0.5
+
+
+def _journalable(op: WriteOp) -> bool:
+    """Whether the audit journal can carry ``op``: a session's event, or its row's start or end
+    (:mod:`callgate.store.journal`)."""
+    kind = type(op)
+    if kind is AppendEvent:
+        return op.session_id is not None and op.seq is not None  # type: ignore[union-attr]
+    return kind is InsertSession or kind is EndSession
 
 
 def _journaled(ops: Sequence[WriteOp]) -> bool:
@@ -377,7 +386,7 @@ class LoopWriter(_WriterState):
         ):
             return None
         for op in ops:
-            if type(op) is not AppendEvent or op.session_id is None or op.seq is None:
+            if not _journalable(op):
                 return None
         # Everything queued before these events must be as durable as they are: the unwaited
         # items since the last journaled one go into the same record.
@@ -390,7 +399,7 @@ class LoopWriter(_WriterState):
             if waiter is not None or not before:
                 return None
             for op in before:
-                if type(op) is not AppendEvent or op.session_id is None or op.seq is None:
+                if not _journalable(op):
                     return None
             start -= 1
         if self._files is None or not self._files.ok():
@@ -404,7 +413,7 @@ class LoopWriter(_WriterState):
         events = [op for item, _ in pending[start:] for op in item]
         events.extend(ops)
         try:
-            seq = journal.append(cast(list[AppendEvent], events))
+            seq = journal.append(cast(list[JournalItem], events))
         except OSError as exc:
             log.error("audit journal write failed (%s); strict writes wait for the store now", exc)
             self._stop_journal()
