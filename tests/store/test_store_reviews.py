@@ -8,11 +8,13 @@ import asyncio
 import time
 from collections.abc import Callable
 
+import psycopg
 import pytest
 
-from callgate.store import Store
+from callgate.store import Store, open_store
 from callgate.store.errors import StoreUnavailable
-from callgate.store.pg_reviews import to_postgres_sql
+from callgate.store.pg_reviews import PostgresReviewStore, to_postgres_sql
+from callgate.store.pg_schema import LOCK_REVIEWS
 from callgate.store.reviews import (
     ReviewKind,
     ReviewRecord,
@@ -21,6 +23,7 @@ from callgate.store.reviews import (
     VoteRecord,
     review_store_for,
 )
+from tests.support.pgcluster import PgServer
 
 
 def _review(review_id: str, *, min_approvals: int = 1, issuer: str | None = None) -> ReviewRecord:
@@ -67,7 +70,56 @@ def test_votes_from_two_stores_at_once_approve_exactly_once(
     """Two gateways (two stores, two review stores on one database) vote on the same reviews at
     the same moment: each review is approved once, with both votes, and logged once; the same
     approver voting from both is counted once."""
+    _race(open_backend)
 
+
+def test_votes_stay_atomic_when_the_database_defaults_to_repeatable_read(
+    pg_local: PgServer, pg_db: str
+) -> None:
+    """A database (or role) whose default isolation is REPEATABLE READ must not let two votes
+    each miss the other: review writes run READ COMMITTED whatever the default."""
+    with pg_local.connect() as admin:
+        admin.execute(
+            f"ALTER DATABASE \"{pg_db}\" SET default_transaction_isolation = 'repeatable read'"
+        )
+    url = f"postgresql://{pg_local.user}@{pg_local.host}:{pg_local.port}/{pg_db}"
+    _race(lambda: open_store(url))
+
+
+def test_a_review_write_that_waits_too_long_fails_cleanly_and_leaks_no_connection(
+    pg_local: PgServer, pg_db: str
+) -> None:
+    """Another process holds the review lock past the timeout: the write fails with a clear
+    error, is cancelled on the server (not left running), and the store's small pool keeps
+    working once the lock is gone; closing it is prompt."""
+    url = f"postgresql://{pg_local.user}@{pg_local.host}:{pg_local.port}/{pg_db}"
+    store = open_store(url)
+    reviews = PostgresReviewStore(url, url=url, timeout=0.5)
+
+    async def main() -> None:
+        # (advisory locks belong to a database: hold it in the store's)
+        with psycopg.connect(pg_local.dsn(pg_db), autocommit=True) as holder:
+            holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_REVIEWS,))
+            for i in range(3):  # more than the pool's connections
+                with pytest.raises(StoreUnavailable, match="in time"):
+                    await reviews.create(_review(f"blocked{i}"))
+            holder.execute("SELECT pg_advisory_unlock(%s)", (LOCK_REVIEWS,))
+        await reviews.create(_review("after"))
+        assert (await reviews.get("after")) is not None
+        assert await reviews.get("blocked0") is None
+        started = time.monotonic()
+        await reviews.close()
+        assert time.monotonic() - started < 2.0
+        with pytest.raises(StoreUnavailable, match="closed"):
+            await reviews.get("after")
+
+    try:
+        asyncio.run(main())
+    finally:
+        asyncio.run(store.close())
+
+
+def _race(open_backend: Callable[[], Store]) -> None:
     async def main() -> None:
         a, b = open_backend(), open_backend()
         ra, rb = review_store_for(a), review_store_for(b)

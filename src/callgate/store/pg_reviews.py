@@ -15,10 +15,11 @@ decision or held statement), so the hops cost nothing that matters.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -36,7 +37,13 @@ T = TypeVar("T")
 POOL_SIZE = 2
 
 _IS_PARAM = re.compile(r"\bIS \?")
-_ERRORS = (*CONNECTION_ERRORS, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError)
+_ERRORS = (
+    *CONNECTION_ERRORS,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    TimeoutError,
+)
 
 
 @lru_cache(maxsize=256)
@@ -74,15 +81,16 @@ def _status_count(status: str | None) -> int:
 
 class _PgConn:
     """:class:`~callgate.store.reviews.Conn` over an asyncpg connection in a transaction, for a
-    work function on a worker thread: each statement runs on the store's loop thread."""
+    work function on a worker thread: ``run`` hands each statement to the store's loop thread and
+    waits (bounded) for it."""
 
-    def __init__(self, thread: _LoopThread, conn: Any, timeout: float) -> None:
-        self._thread = thread
+    def __init__(self, run: Callable[[Coroutine[Any, Any, Any]], Any], conn: Any) -> None:
+        self._run = run
         self._conn = conn
-        self._timeout = timeout
 
     def execute(self, sql: str, params: Sequence[Any] = (), /) -> _Cursor:
-        return self._thread.run_sync(self._execute(to_postgres_sql(sql), params), self._timeout)
+        cursor: _Cursor = self._run(self._execute(to_postgres_sql(sql), params))
+        return cursor
 
     async def _execute(self, sql: str, params: Sequence[Any]) -> _Cursor:
         statement = await self._conn.prepare(sql)
@@ -91,19 +99,31 @@ class _PgConn:
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any]], /) -> None:
         args = [tuple(p) for p in seq]
-        self._thread.run_sync(self._conn.executemany(to_postgres_sql(sql), args), self._timeout)
+        self._run(self._conn.executemany(to_postgres_sql(sql), args))
 
 
 async def _open_pool(dsn: str, seconds: float) -> Any:
     return await asyncpg.create_pool(dsn, min_size=1, max_size=POOL_SIZE, timeout=seconds)
 
 
-async def _acquire(pool: Any) -> Any:
-    return await pool.acquire()
+async def _acquire(pool: Any, seconds: float) -> Any:
+    return await pool.acquire(timeout=seconds)
+
+
+def _message(exc: BaseException) -> str:
+    """An error's text for a store error; a timeout has none of its own."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "no answer from the database in time"
+    return str(exc)
 
 
 class PostgresReviewStore(SqlReviewStore):
-    """Reviews in the PostgreSQL database at ``dsn`` (already migrated by the store)."""
+    """Reviews in the PostgreSQL database at ``dsn`` (already migrated by the store).
+
+    Every wait on the database is bounded by ``timeout``: a statement or connection that does not
+    come in time is cancelled on the store's loop (not left running to leak a pooled connection)
+    and the operation fails with :class:`StoreUnavailable`.
+    """
 
     def __init__(self, dsn: str, *, url: str, timeout: float) -> None:
         self._url = url
@@ -113,22 +133,43 @@ class PostgresReviewStore(SqlReviewStore):
             self._pool: Any = self._thread.run_sync(_open_pool(dsn, timeout), timeout * 2)
         except _ERRORS as exc:
             self._thread.stop()
-            raise StoreUnavailable(f"cannot open the review store {url}: {exc}") from exc
+            raise StoreUnavailable(f"cannot open the review store {url}: {_message(exc)}") from exc
         self._write_lock = threading.Lock()
         self._closed = False
+
+    def _run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the store's loop from a worker thread; cancel it if it takes longer
+        than the timeout. Raises :class:`StoreUnavailable` once the store is closed."""
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self._thread.loop)
+        except RuntimeError:  # the loop is closed
+            coro.close()
+            raise StoreUnavailable("the review store is closed") from None
+        try:
+            return future.result(self._timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            if self._closed:
+                raise StoreUnavailable("the review store is closed") from None
+            raise
 
     async def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         if self._closed:
             raise StoreUnavailable("the review store is closed")
 
         async def fetch() -> list[tuple[Any, ...]]:
-            rows = await self._pool.fetch(to_postgres_sql(sql), *params)
+            async with asyncio.timeout(self._timeout):
+                rows = await self._pool.fetch(to_postgres_sql(sql), *params)
             return [tuple(r) for r in rows]
 
+        coro = fetch()
         try:
-            return await self._thread.run(fetch())
+            return await self._thread.run(coro)
+        except RuntimeError:  # the store's loop is closed
+            coro.close()
+            raise StoreUnavailable("the review store is closed") from None
         except _ERRORS as exc:
-            raise StoreUnavailable(f"store read failed: {exc}") from exc
+            raise StoreUnavailable(f"store read failed: {_message(exc)}") from exc
 
     async def _write(self, work: Callable[[Conn], T]) -> T:
         if self._closed:
@@ -136,50 +177,60 @@ class PostgresReviewStore(SqlReviewStore):
         return await asyncio.to_thread(self._transaction, work)
 
     def _transaction(self, work: Callable[[Conn], T]) -> T:
-        def run(coro: Any) -> Any:
-            return self._thread.run_sync(coro, self._timeout)
-
+        run = self._run_sync
         with self._write_lock:
             try:
-                conn = run(_acquire(self._pool))
+                conn = run(_acquire(self._pool, self._timeout))
             except _ERRORS as exc:
-                raise StoreUnavailable(f"store write failed: {exc}") from exc
+                raise StoreUnavailable(f"store write failed: {_message(exc)}") from exc
             try:
-                tx = conn.transaction()
+                # READ COMMITTED whatever the server's default: each statement must see what the
+                # writer that held the advisory lock before committed (under REPEATABLE READ the
+                # snapshot would predate the lock, and two votes could both see the other missing)
+                tx = conn.transaction(isolation="read_committed")
                 try:
                     run(tx.start())
                     run(conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_REVIEWS))
                 except _ERRORS as exc:
-                    raise StoreUnavailable(f"store write failed: {exc}") from exc
+                    raise StoreUnavailable(f"store write failed: {_message(exc)}") from exc
                 try:
-                    result = work(_PgConn(self._thread, conn, self._timeout))
+                    result = work(_PgConn(run, conn))
                     run(tx.commit())
                 except asyncpg.IntegrityConstraintViolationError as exc:
                     self._rollback(tx)
                     raise StoreConflict(f"store write refused: {exc}") from exc
                 except _ERRORS as exc:
                     self._rollback(tx)
-                    raise StoreUnavailable(f"store write failed: {exc}") from exc
+                    raise StoreUnavailable(f"store write failed: {_message(exc)}") from exc
                 except BaseException:
                     self._rollback(tx)
                     raise
                 return result
             finally:
                 # (the pool drops a connection it cannot reset)
-                with contextlib.suppress(*_ERRORS):
+                with contextlib.suppress(*_ERRORS, StoreUnavailable):
                     run(self._pool.release(conn))
 
     def _rollback(self, tx: Any) -> None:
         # (when the connection is gone, the server rolls the transaction back)
-        with contextlib.suppress(*_ERRORS):
-            self._thread.run_sync(tx.rollback(), self._timeout)
+        with contextlib.suppress(*_ERRORS, StoreUnavailable):
+            self._run_sync(tx.rollback())
 
     async def close(self) -> None:
+        """Close the pool (waiting at most the timeout for a write in progress, then
+        terminating its connections) and the store's loop. Never blocks the caller's loop."""
         if self._closed:
             return
         self._closed = True
-        with self._write_lock:
+        pool, seconds = self._pool, self._timeout
+
+        async def shut() -> None:
             try:
-                await self._thread.run(self._pool.close())
-            finally:
-                await asyncio.to_thread(self._thread.stop)
+                await asyncio.wait_for(pool.close(), seconds)
+            except (TimeoutError, *CONNECTION_ERRORS, asyncpg.PostgresError):
+                pool.terminate()
+
+        try:
+            await self._thread.run(shut())
+        finally:
+            await asyncio.to_thread(self._thread.stop)

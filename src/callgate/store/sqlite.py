@@ -270,6 +270,7 @@ def _replay_events(
     replay: Sequence[WriteOp],
     events: list[AppendEvent],
     heads: dict[str, int | None],
+    tx: TxState,
 ) -> None:
     """Queue a previous process's journaled events: each session's chain continues from the
     store's last event; events the store already has are skipped (``heads``: session → last
@@ -291,6 +292,7 @@ def _replay_events(
             if sid not in heads:
                 _replay_head(conn, chain, sid, heads)
             if heads[sid] is not None:
+                tx.force("session_end")  # its final head is signed, as at a live session's end
                 conn.execute(
                     _END_SESSION + " AND ended_at IS NULL",
                     (
@@ -429,7 +431,7 @@ class _SqliteSink:
                 elif ops and type(ops[-1]) is JournalMark:  # events in the audit journal
                     mark = ops[-1]
                     if mark.replay:
-                        _replay_events(conn, chain, ops[:-1], events, replayed)
+                        _replay_events(conn, chain, ops[:-1], events, replayed, tx)
                     else:
                         for op in ops[:-1]:
                             if type(op) is AppendEvent:
@@ -477,6 +479,9 @@ class _SqliteSink:
             return None
         if isinstance(op, InsertSession):
             _insert_session(conn, op.record)
+            # held by this writer from now on, even before its first event is linked at the end
+            # of the transaction: a CloseInterrupted later in the batch must see it alive
+            chain.set_head(op.record.id, 0, ZERO_HASH)
             return None
         if isinstance(op, EndSession):
             chain.close(op.session_id)
