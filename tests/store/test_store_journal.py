@@ -453,3 +453,26 @@ def test_a_session_row_survives_the_record_format_whatever_the_client_sent() -> 
     bad = encode([InsertSession(hostile)]).replace(b"s9\x1f0", b"s8\x1f0", 1)
     with pytest.raises(ValueError):
         decode(bad)
+
+
+def test_a_session_started_in_the_journal_is_alive_for_a_recovery_in_the_same_batch(
+    db_path: Path,
+) -> None:
+    """The retention task's CloseInterrupted (sessions this gateway left open by a crash) can be
+    committed in the same transaction that applies a live session's journaled row: that session
+    is this writer's, alive, and must not be closed as crashed."""
+
+    async def main() -> None:
+        store = SqliteStore(db_path, journal=True)
+        try:
+            await store.commit((InsertSession(_session("live")), _event("live", 1)))
+            (closed,) = await store.commit((CloseInterrupted(None, 2000.0, "ended by crash"),))
+            assert closed == ()
+            live = await store.get_session("live")
+            assert live is not None and live.ended_at is None
+            assert _events(db_path, "live") == [(1, "query")]
+            await _verify(store, "live")
+        finally:
+            await store.close()
+
+    asyncio.run(main())
