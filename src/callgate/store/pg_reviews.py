@@ -36,7 +36,7 @@ T = TypeVar("T")
 #: Connections of the review store's own pool (one writer, one reader at a time is the norm).
 POOL_SIZE = 2
 
-_IS_PARAM = re.compile(r"\bIS \?")
+_IS_PARAM = re.compile(r"\bIS \?", re.IGNORECASE)
 _ERRORS = (
     *CONNECTION_ERRORS,
     asyncpg.PostgresError,

@@ -55,6 +55,7 @@ from callgate.store.records import (
     TouchApiKey,
     TouchSessionToken,
     WriteOp,
+    session_row_params,
 )
 from callgate.store.sqlite_audit import (
     CHECKPOINT_COLUMNS,
@@ -329,24 +330,7 @@ class PgSink:
             events.append(op)
             return None
         if isinstance(op, InsertSession):
-            r = op.record
-            await conn.execute(
-                _INSERT_SESSION,
-                r.id,
-                r.subject,
-                _groups(r.groups),
-                r.auth_method,
-                r.credential_id,
-                r.issuer,
-                r.connection,
-                r.protocol,
-                r.client_addr,
-                r.client_user,
-                r.application_name,
-                int(r.tls),
-                r.started_at,
-                r.gateway_id,
-            )
+            await conn.execute(_INSERT_SESSION, *session_row_params(op.record))
             return None
         if isinstance(op, EndSession):
             chain.close(op.session_id)

@@ -42,6 +42,16 @@ class SessionRecord:
     gateway_id: str | None = None
 
 
+def session_row_params(r: SessionRecord) -> tuple[object, ...]:
+    """The values of a new ``sessions`` row, in the column order both stores insert them
+    (``groups`` as a JSON list, ``tls`` as 0/1)."""
+    return (
+        r.id, r.subject, json.dumps(list(r.groups), separators=(",", ":")), r.auth_method,
+        r.credential_id, r.issuer, r.connection, r.protocol, r.client_addr, r.client_user,
+        r.application_name, int(r.tls), r.started_at, r.gateway_id,
+    )  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class EventRecord:
     """One row of ``events``. ``payload`` is the canonical JSON text that the hash covers."""

@@ -41,6 +41,7 @@ from callgate.store.records import (
     TouchApiKey,
     TouchSessionToken,
     WriteOp,
+    session_row_params,
 )
 from callgate.store.schema import LATEST_VERSION, SQLITE_MIGRATIONS, Migration
 from callgate.store.sqlite_audit import SqliteAudit, SqliteAuditReads, TxState
@@ -224,25 +225,7 @@ _JOURNAL_APPLIED = (
 
 
 def _insert_session(conn: sqlite3.Connection, r: SessionRecord) -> None:
-    conn.execute(
-        _INSERT_SESSION,
-        (
-            r.id,
-            r.subject,
-            _dump_groups(r.groups),
-            r.auth_method,
-            r.credential_id,
-            r.issuer,
-            r.connection,
-            r.protocol,
-            r.client_addr,
-            r.client_user,
-            r.application_name,
-            int(r.tls),
-            r.started_at,
-            r.gateway_id,
-        ),
-    )
+    conn.execute(_INSERT_SESSION, session_row_params(r))
 
 
 def _replay_head(

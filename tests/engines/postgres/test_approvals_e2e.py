@@ -93,17 +93,24 @@ def count(th: Through) -> int:
         return int(admin.execute("select count(*) from items").fetchone()[0])  # type: ignore[index]
 
 
-def test_held_insert_approved_by_cli_gets_its_result(make_through: MakeThrough) -> None:
-    th, dba = setup(make_through)
+def held_insert(th: Through, row_id: int) -> tuple[threading.Thread, dict[str, Any]]:
+    """psql-like client inserting a row (a statement the policy holds for review), on a thread;
+    its ``rowcount`` lands in the returned dict once the statement is released."""
     result: dict[str, Any] = {}
 
     def client() -> None:
         with psycopg.connect(th.dsn(), autocommit=True) as conn:
-            cur = conn.execute("insert into items values (%s, %s)", (1, "held"))
+            cur = conn.execute("insert into items values (%s, %s)", (row_id, "held"))
             result["rowcount"] = cur.rowcount
 
     t = threading.Thread(target=client)
     t.start()
+    return t, result
+
+
+def test_held_insert_approved_by_cli_gets_its_result(make_through: MakeThrough) -> None:
+    th, dba = setup(make_through)
+    t, result = held_insert(th, 1)
     review = pending(th.gw, dba)[0]
     assert "insert into items" in json.dumps(review)
     # the requester can never approve its own request
@@ -393,15 +400,7 @@ def test_held_insert_approved_on_a_postgresql_store(
         dba = th.gw.create_key("dba-1", ["dba"])
         with psycopg.connect(th.server.dsn(th.database), autocommit=True) as admin:
             admin.execute("create table items (id int primary key, v text)")
-        result: dict[str, Any] = {}
-
-        def client() -> None:
-            with psycopg.connect(th.dsn(), autocommit=True) as conn:
-                cur = conn.execute("insert into items values (%s, %s)", (7, "held"))
-                result["rowcount"] = cur.rowcount
-
-        t = threading.Thread(target=client)
-        t.start()
+        t, result = held_insert(th, 7)
         review = pending(th.gw, dba)[0]
         done = cli_as(th.gw, dba, "reviews", "approve", review["id"], "--reason", "ok")
         assert done.returncode == 0, done.stderr
