@@ -278,3 +278,33 @@ def test_export_writes_every_event_once_in_both_formats(
     assert code == 1 and "--format" in err
     code, _, err = _sessions("export", "-c", str(config), "--since", "yesterday-ish")
     assert code == 1 and "--since" in err
+
+
+def test_verify_says_what_the_journal_holds_that_the_store_does_not_yet(tmp_path: Path) -> None:
+    """A gateway journaled a session and its statements and died before applying them: verify
+    checks the store, exits 0 for it, and says how much is waiting in the journal (the next
+    start applies it); after that start there is nothing waiting and the session verifies."""
+    import asyncio
+
+    from callgate.store import AuditWriterSettings, SqliteStore
+    from tests.store.test_store_journal import _crash_after
+
+    db = tmp_path / "callgate.db"
+    _crash_after(db, 3)
+    config = write_config(tmp_path, f"sqlite:///{db}", None)
+    code, out, _ = _verify(config)
+    assert code == 0, out
+    assert "3 audit journal record(s) (3 events) are not in the store yet" in out
+    code, out, _ = _verify(config, "--json")
+    assert json.loads(out)["journal_pending"] == {"records": 3, "events": 3}
+
+    async def restart() -> None:
+        store = SqliteStore(db, journal=True)
+        store.configure_audit(AuditWriterSettings())
+        await store.close()
+
+    asyncio.run(restart())
+    code, out, _ = _verify(config, "--json")
+    report = json.loads(out)
+    assert code == 0 and report["journal_pending"] == {"records": 0, "events": 0}
+    assert report["events"] == 3

@@ -26,6 +26,12 @@ class AuditStore(ABC):
     async def checkpoints(self) -> list[CheckpointRecord]:
         """Every checkpoint, in id order."""
 
+    async def journal_pending(self) -> tuple[int, int]:
+        """Records of the audit journal not yet in the store and the events in them (a gateway
+        applies them within milliseconds, or at its next start after a crash); ``(0, 0)`` for a
+        store without a journal."""
+        return 0, 0
+
     @abstractmethod
     async def chain_ids(self) -> list[str | None]:
         """Every chain with events or a session row: session ids (sorted), then ``None`` if there

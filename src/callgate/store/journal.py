@@ -142,6 +142,52 @@ def decode(body: bytes) -> list[JournalItem]:
     return items
 
 
+def _scan(
+    data: bytes, applied: int, path: Path, *, quiet: bool = False
+) -> tuple[list[tuple[int, list[JournalItem]]], int, int]:
+    """The records of ``data`` past ``applied`` up to the first torn or corrupt one, the highest
+    sequence number seen, and where the good records end."""
+    records: list[tuple[int, list[JournalItem]]] = []
+    last = applied
+    pos = 0
+    while pos < len(data):
+        if len(data) - pos < _HEADER.size:
+            if not quiet:
+                log.warning("audit journal %s: torn record at byte %d ignored", path, pos)
+            break
+        length, crc, seq = _HEADER.unpack_from(data, pos)
+        body = data[pos + _HEADER.size : pos + _HEADER.size + length]
+        if length > MAX_RECORD_BYTES or len(body) != length or zlib.crc32(body) != crc:
+            if not quiet:
+                log.warning("audit journal %s: torn record at byte %d ignored", path, pos)
+            break
+        try:
+            items = decode(body)
+        except (ValueError, TypeError, KeyError) as exc:
+            if not quiet:
+                log.warning("audit journal %s: bad record at byte %d: %s", path, pos, exc)
+            break
+        pos += _HEADER.size + length
+        last = max(last, seq)
+        if seq > applied:
+            records.append((seq, items))
+    return records, last, pos
+
+
+def pending(path: Path, applied: int) -> tuple[int, int]:
+    """Records in the journal at ``path`` past ``applied`` and the events in them, read without
+    the lock and without changing the file (for readers such as ``callgate audit verify``); a
+    torn tail is not counted. ``(0, 0)`` when there is no journal."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return 0, 0
+    records, _last, _pos = _scan(data, applied, path, quiet=True)
+    events = sum(1 for _seq, items in records for item in items if type(item) is AppendEvent)
+    return len(records), events
+
+
 class JournalBusy(Exception):
     """Another process holds the journal."""
 
@@ -195,27 +241,7 @@ class EventJournal:
         torn or corrupt one; sets :attr:`last_seq` so later appends number on from both."""
         with open(self.path, "rb") as f:
             data = f.read()
-        records: list[tuple[int, list[JournalItem]]] = []
-        last = applied
-        pos = 0
-        while pos < len(data):
-            if len(data) - pos < _HEADER.size:
-                log.warning("audit journal %s: torn record at byte %d ignored", self.path, pos)
-                break
-            length, crc, seq = _HEADER.unpack_from(data, pos)
-            body = data[pos + _HEADER.size : pos + _HEADER.size + length]
-            if length > MAX_RECORD_BYTES or len(body) != length or zlib.crc32(body) != crc:
-                log.warning("audit journal %s: torn record at byte %d ignored", self.path, pos)
-                break
-            try:
-                events = decode(body)
-            except (ValueError, TypeError, KeyError) as exc:
-                log.warning("audit journal %s: bad record at byte %d: %s", self.path, pos, exc)
-                break
-            pos += _HEADER.size + length
-            last = max(last, seq)
-            if seq > applied:
-                records.append((seq, events))
+        records, last, pos = _scan(data, applied, self.path)
         if pos < len(data):
             # cut the torn tail, so that records appended from now on follow good ones
             os.ftruncate(self._fd, pos)

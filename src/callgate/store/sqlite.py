@@ -25,6 +25,7 @@ from callgate.store.chain import ZERO_HASH, ChainBatch, ChainHeads
 from callgate.store.checkpoints import AuditWriterSettings
 from callgate.store.errors import StoreBusy, StoreConflict, StoreError, StoreUnavailable
 from callgate.store.journal import EventJournal, JournalBusy, journal_path
+from callgate.store.journal import pending as journal_pending
 from callgate.store.records import (
     ApiKeyRecord,
     AppendEvent,
@@ -669,6 +670,11 @@ class SqliteStore(SqliteAuditReads, Store):
         return await waiter
 
     # --- reads ----------------------------------------------------------------------------------
+
+    async def journal_pending(self) -> tuple[int, int]:
+        rows = self._rows("SELECT value FROM store_meta WHERE key = 'journal_applied'")
+        applied = int(rows[0][0]) if rows else 0
+        return journal_pending(journal_path(self._path), applied)
 
     def _rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         try:
