@@ -17,7 +17,6 @@ import contextlib
 import hmac
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -38,7 +37,7 @@ from callgate.errors import (
     UnknownConnection,
 )
 from callgate.masking.http import HttpMaskPlan
-from callgate.model import HttpRequest, Principal, SessionInfo
+from callgate.model import HttpRequest, Principal, SessionInfo, new_session_id
 from callgate.policy.access import may_connect
 from callgate.protocols.http import (
     HeadReader,
@@ -106,7 +105,7 @@ class HttpSession:
         self.client_addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.client_host = peer[0] if isinstance(peer, tuple) else str(peer)
         self.tls = tls
-        self.id = uuid.uuid4().hex
+        self.id = new_session_id()
         #: an exchange is in progress (drain lets it finish; an idle connection is closed)
         self.busy = False
         #: the gateway is draining: answer the request in progress with Connection: close
@@ -502,7 +501,7 @@ class HttpSession:
             self._last_audited = (principal, conn, audited)
             return audited
         info = SessionInfo(
-            id=uuid.uuid4().hex,
+            id=new_session_id(),
             principal=principal,
             connection=conn.name,
             protocol="http",

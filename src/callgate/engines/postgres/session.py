@@ -12,7 +12,6 @@ import logging
 import secrets
 import ssl
 import time
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
@@ -44,7 +43,15 @@ from callgate.errors import (
     UnknownConnection,
 )
 from callgate.masking import MaskRules, StatementLineage
-from callgate.model import ALLOW_ALL, Decision, Principal, SessionInfo, SqlCommand, Verdict
+from callgate.model import (
+    ALLOW_ALL,
+    Decision,
+    Principal,
+    SessionInfo,
+    SqlCommand,
+    Verdict,
+    new_session_id,
+)
 from callgate.policy.access import may_connect
 from callgate.policy.classify import Classification, classify, unknown
 from callgate.policy.engine import DEFAULT_SEARCH_PATH
@@ -140,7 +147,7 @@ class PostgresSession:
         peer = writer.get_extra_info("peername")
         self.client_addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.client_host = peer[0] if isinstance(peer, tuple) else str(peer)
-        self.id = uuid.uuid4().hex
+        self.id = new_session_id()
         self.tls = False
         self.bytes_in = 0
         self.bytes_out = 0
