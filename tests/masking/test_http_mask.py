@@ -13,7 +13,7 @@ import pytest
 from callgate.config import PolicyConfig
 from callgate.masking.errors import MaskingFailed
 from callgate.masking.http import UNMASKABLE_SAMPLE, HttpMaskPlan, ResponseMaskingFailed
-from callgate.masking.media import looks_like_json, looks_like_text, media_kind
+from callgate.masking.media import looks_like_json, looks_like_jsonp, looks_like_text, media_kind
 from callgate.masking.styles import REDACTED, Style
 from callgate.model import Principal
 
@@ -299,6 +299,67 @@ def test_mislabelled_and_unlabelled_bodies() -> None:
     assert p.mask_body(binary, "image/png") is binary  # binary formats are not read
     almost = b'{"secret": "s", "x": '  # looks like JSON, is not: not JSON to a client either
     assert p.mask_body(almost, "application/octet-stream") == almost
+
+
+JSONP_TYPES = ("application/javascript", "text/javascript", "application/json", None, "text/plain")
+
+
+@pytest.mark.parametrize("content_type", JSONP_TYPES)
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'cb({"secret": "s", "x": 1})', b'cb({"secret":"[REDACTED]","x":1})'),
+        (
+            b' jQuery3_1.cb ( [{"secret": 1}] ) ;\n',
+            b' jQuery3_1.cb ([{"secret":"[REDACTED]"}]) ;\n',
+        ),
+        # what Express's res.jsonp() writes
+        (
+            b'/**/ typeof cb === \'function\' && cb({"secret":"s"});',
+            b'/**/ typeof cb === \'function\' && cb({"secret":"[REDACTED]"});',
+        ),
+    ],
+)
+def test_jsonp_arguments_are_masked(body: bytes, expected: bytes, content_type: str | None) -> None:
+    p = plan({"json": ["$..secret"]})
+    assert p.needs_body(content_type, body)
+    assert p.mask_body(body, content_type) == expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'cb({secret: "s"})',  # a JavaScript object, not JSON: a browser reads it all the same
+        b'cb({"a": 1}); steal({"secret": "s"})',  # more than one call
+        b'cb({"secret": "s"}',  # no end
+        b'define(["dep"], function (dep) { return dep.secret; })',  # a module, not data
+    ],
+)
+def test_jsonp_whose_argument_is_not_json_fails_with_path_rules(body: bytes) -> None:
+    assert looks_like_jsonp(body)
+    for content_type in ("application/javascript", "application/json", None):
+        with pytest.raises(ResponseMaskingFailed) as caught:
+            plan({"json": ["$.secret"]}).mask_body(body, content_type)
+        assert caught.value.http_status == 502
+    # detectors alone read it as text
+    p = plan(DETECT)
+    assert p.mask_body(b'cb({mail: "bob@example.com"})', "text/javascript") == (
+        b'cb({mail: "[REDACTED]"})'
+    )
+
+
+def test_jsonp_sniffing() -> None:
+    assert looks_like_jsonp(b'cb({"a"')
+    assert looks_like_jsonp(b"\xef\xbb\xbf /**/a.b.c\n([1")
+    assert not looks_like_jsonp(b"cb(1)")  # a number or string carries no fields
+    assert not looks_like_jsonp(b"note (see above): {x}")
+    assert not looks_like_jsonp(b"function cb() {}")
+    assert not looks_like_jsonp(b'{"a": 1}')
+    p = plan(CARD)
+    assert p.needs_body("application/javascript", b'callback({"data": [')
+    assert not p.needs_body("application/javascript", b"function f() { return 1; }")
+    js = b'var x = {"data": 1};'  # a script that is not one call: not data, streams through
+    assert p.mask_body(js, "application/javascript") is js
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,7 @@ from callgate.masking.media import (
     decode_content,
     encode_content,
     looks_like_json,
+    looks_like_jsonp,
     looks_like_text,
     media_kind,
 )
@@ -211,7 +212,7 @@ class HttpMaskPlan:
             return True
         masker = self.json
         return bool(
-            (masker.rules and looks_like_json(head))
+            (masker.rules and (looks_like_json(head) or looks_like_jsonp(head)))
             or (masker.detectors is not None and looks_like_text(head))
         )
 

@@ -18,9 +18,12 @@ from callgate.masking.detectors import DetectorSet
 from callgate.masking.errors import MaskingFailed
 from callgate.masking.jsonmask import JsonMasker
 from callgate.masking.media import (
+    JSONP_END,
+    JSONP_START,
     XSSI_PREFIXES,
     charset,
     looks_like_json,
+    looks_like_jsonp,
     looks_like_text,
     media_kind,
     parameter,
@@ -59,6 +62,10 @@ class BodyMasker:
                 return self._json_body(body, content_type, lines=False)
             except MaskingFailed:
                 pass  # not JSON after all: a client's JSON parser would not read it either
+        elif looks_like_jsonp(body):
+            masked = self._jsonp_body(body, content_type)
+            if masked is not None:
+                return masked
         if self.detectors is not None and (kind == "text" or looks_like_text(body)):
             return self._text(body, content_type)
         return body
@@ -75,8 +82,10 @@ class BodyMasker:
             try:
                 new = self._json_text(text, scan)
             except MaskingFailed:
-                # ``application/json`` used for JSON lines
+                # ``application/json`` used for JSON lines, or for JSONP
                 new = self._json_lines(text, scan) if "\n" in text.strip() else None
+                if new is None and looks_like_jsonp(body):
+                    new = self._jsonp_text(text, scan)
                 if new is None:
                     raise
         else:
@@ -102,6 +111,46 @@ class BodyMasker:
                 parts[index] = new
                 changed = True
         return "".join(parts) if changed else text
+
+    def _jsonp_body(self, body: bytes, content_type: str | None) -> bytes | None:
+        """A JSONP body (:func:`looks_like_jsonp`) with its argument masked as JSON; ``None``
+        when the argument is not JSON and the plan has no path rules (detectors then scan it as
+        text). With path rules it raises :class:`MaskingFailed`: a browser would run the script
+        and could read fields callgate cannot find."""
+        codec = charset(content_type)
+        try:
+            text = body.decode(codec)
+        except UnicodeDecodeError as exc:
+            raise MaskingFailed(f"a JSONP body is not valid {codec}") from exc
+        new = self._jsonp_text(text, self._may_hit(body))
+        if new is None:
+            if self.masker.rules:
+                raise MaskingFailed(
+                    "a JSONP response's argument is not JSON: callgate cannot mask it"
+                )
+            return None
+        return body if new is text else _encode(new, codec)
+
+    def _jsonp_text(self, text: str, scan: bool) -> str | None:
+        """``cb(<JSON>);`` with the JSON masked (``text`` itself when nothing changed); ``None``
+        when ``text`` is not one call of one function with one JSON argument."""
+        start = JSONP_START.match(text)
+        end = JSONP_END.search(text)
+        if start is None or end is None or end.start() < start.end():
+            return None
+        argument = text[start.end() : end.start()]
+        try:
+            doc = json.loads(argument, parse_float=_float)
+        except (ValueError, RecursionError):
+            return None
+        new, _count = self.masker.mask(doc, scan=scan)
+        if new is doc:
+            return text
+        try:
+            out = json.dumps(new, ensure_ascii=False, separators=(",", ":"))
+        except (ValueError, RecursionError) as exc:  # pragma: no cover - parsed JSON dumps
+            raise MaskingFailed("a masked JSONP body could not be written") from exc
+        return text[: start.end()] + out + text[end.start() :]
 
     def _json_text(self, text: str, scan: bool) -> str:
         """One JSON document (with an optional byte-order mark and XSSI guard) masked; ``text``

@@ -108,6 +108,27 @@ def _head_text(head: bytes) -> str:
     return head[:SNIFF_BYTES].decode("utf-8", "replace")
 
 
+#: The start of a JSONP response up to its argument: an optional ``/**/`` (which Express and
+#: others write first), an optional ``typeof cb === 'function' &&`` guard, the callback's name
+#: (dotted: ``jQuery.cb``) and its opening parenthesis.
+JSONP_START: Final = re.compile(
+    r"[\ufeff \t\r\n]*(?:/\*\*/[ \t]*)?"
+    r"(?:typeof[ \t]+[A-Za-z_$][\w$.]*[ \t]*===?[ \t]*(['\"])function\1[ \t]*&&[ \t]*)?"
+    r"[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)*[ \t\r\n]*\("
+)
+#: ... and its end: the closing parenthesis, an optional semicolon, white space.
+JSONP_END: Final = re.compile(r"\)[ \t\r\n]*;?[ \t\r\n]*\Z")
+
+
+def looks_like_jsonp(head: bytes) -> bool:
+    """True when a body starting with ``head`` may be JSONP: a script that calls a function with
+    a JSON object or array (``cb({...});``). A browser runs it and hands the function the
+    object, so it carries fields exactly as JSON does."""
+    text = _head_text(head)
+    start = JSONP_START.match(text)
+    return start is not None and text[start.end() :].lstrip(" \t\r\n")[:1] in ("{", "[")
+
+
 def looks_like_json(head: bytes) -> bool:
     """True when a body starting with ``head`` may be JSON (an object, an array or a string,
     after a byte-order mark, white space or an XSSI guard)."""

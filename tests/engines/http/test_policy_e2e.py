@@ -189,6 +189,21 @@ def test_nested_json_and_headers_masked(policed: Through) -> None:
     assert seen["accept-encoding"] == "identity"
 
 
+def test_jsonp_masked_and_loose_jsonp_withheld(policed: Through) -> None:
+    with policed.client() as c:
+        r = c.get("/api/jsonp/customer", params={"callback": "jQuery_1.cb"})
+        loose = c.get("/api/jsonp/customer", params={"style": "loose"})
+    assert r.status_code == 200, r.text
+    assert r.text.startswith("jQuery_1.cb(") and r.text.endswith(");")
+    data = json.loads(r.text[len("jQuery_1.cb(") : -2])["data"]
+    assert [d["card"]["number"] for d in data] == ["[REDACTED]", "[REDACTED]"]
+    assert [d["name"] for d in data] == ["Ada", "Bob"]
+    assert "4111111111111111" not in r.text and "ada@example.com" not in r.text
+    # a JavaScript object literal is not JSON: callgate cannot find the fields, so it fails
+    assert loose.status_code == 502
+    assert "4111111111111111" not in loose.text and "JSONP" in loose.text
+
+
 def test_masked_with_curl(policed: Through, curl: str) -> None:
     done = subprocess.run(
         [

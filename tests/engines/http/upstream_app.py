@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import re
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -101,6 +103,17 @@ async def doc(request: Request) -> Response:
     return JSONResponse(DOCS[name])
 
 
+async def jsonp(request: Request) -> Response:
+    """A document as JSONP: ``<callback>(<JSON>);``, or with ``?style=loose`` its keys unquoted
+    (a JavaScript object literal, which a browser reads as well as JSON)."""
+    name = request.path_params["name"]
+    callback = request.query_params.get("callback", "cb")
+    text = json.dumps(DOCS.get(name, {}))
+    if request.query_params.get("style") == "loose":
+        text = re.sub(r'"(\w+)":', r"\1:", text)
+    return Response(f"{callback}({text});", media_type="application/javascript")
+
+
 async def status(request: Request) -> Response:
     code = int(request.path_params["code"])
     if code in (204, 304):
@@ -154,6 +167,7 @@ app = Starlette(
         Route("/echo", echo, methods=ALL),
         Route("/echo/{rest:path}", echo, methods=ALL),
         Route("/json/{name}", doc, methods=["GET"]),
+        Route("/jsonp/{name}", jsonp, methods=["GET"]),
         Route("/status/{code:int}", status, methods=ALL),
         Route("/slow", slow, methods=["GET"]),
         Route("/download", download, methods=["GET", "HEAD"]),
