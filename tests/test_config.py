@@ -425,6 +425,18 @@ MISTAKES: list[tuple[str, Mutation, str, str]] = [
         "127.0.0.1:8080 is already used by listeners[3]",
     ),
     (
+        "idle_timeout on a postgres listener",
+        _set("listeners/0/idle_timeout", "30s"),
+        "listeners[0].idle_timeout",
+        "idle_timeout applies to http listeners only",
+    ),
+    (
+        "zero idle_timeout",
+        _set("listeners/2/idle_timeout", "0s"),
+        "listeners[2].idle_timeout",
+        "expected a duration greater than zero",
+    ),
+    (
         "unbracketed IPv6 bind",
         _set("listeners/0/bind", "::1:5432"),
         "listeners[0].bind",
@@ -614,6 +626,12 @@ def test_plaintext_listener_needs_no_tls(tmp_path: Path) -> None:
         {"listeners": [{"protocol": "api", "bind": "localhost:8080"}]}, tmp_path
     )
     assert api_only.listeners[0].host == "localhost"
+
+
+def test_http_listener_idle_timeout(tmp_path: Path) -> None:
+    http = {"protocol": "http", "bind": "127.0.0.1:0", "allow_plaintext": True}
+    config = parse_config({"listeners": [http, {**http, "idle_timeout": "5s"}]}, tmp_path)
+    assert [ls.idle_timeout.total_seconds() for ls in config.listeners] == [60.0, 5.0]
 
 
 def test_port_zero_binds_may_repeat(tmp_path: Path) -> None:

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from datetime import timedelta
 from typing import Annotated, Literal
 
-from pydantic import PlainValidator, StrictBool
+from pydantic import PlainValidator, StrictBool, model_validator
 
-from callgate.config.fields import ConfigModel, ExistingFile, describe_type, message_error
+from callgate.config.fields import (
+    ConfigModel,
+    ExistingFile,
+    PositiveDuration,
+    describe_type,
+    message_error,
+    path_error,
+)
 
 ListenerProtocol = Literal["postgres", "mysql", "http", "api"]
 
@@ -56,6 +64,19 @@ class ListenerConfig(ConfigModel):
     allow_plaintext: StrictBool = False
     #: CA bundle to verify client certificates on this listener (overrides gateway.tls.client_ca)
     client_ca: ExistingFile | None = None
+    #: http: how long a keep-alive connection may wait for its next request before callgate
+    #: closes it
+    idle_timeout: PositiveDuration = timedelta(seconds=60)
+
+    @model_validator(mode="after")
+    def _idle_timeout_is_for_http(self) -> ListenerConfig:
+        if "idle_timeout" in self.model_fields_set and self.protocol != "http":
+            raise path_error(
+                "idle_timeout",
+                "idle_timeout applies to http listeners only (a keep-alive connection waiting"
+                f" for its next request); a {self.protocol} listener does not use it",
+            )
+        return self
 
     @property
     def host(self) -> str:

@@ -147,6 +147,47 @@ def test_keep_alive_one_connection_one_session(through: Through) -> None:
     assert len(sessions) == 1  # 20 requests on one TCP connection: one recorded session
 
 
+def _read_response(s: socket.socket) -> bytes:
+    """One whole response with a Content-Length body from ``s``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, f"closed mid-head: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = s.recv(65536)
+        assert chunk, "closed mid-body"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def test_idle_keep_alive_connection_closed_after_idle_timeout(make_through: MakeThrough) -> None:
+    th = make_through(
+        {"listeners": [{"protocol": "http", "allow_plaintext": True, "idle_timeout": "1s"}]}
+    )
+    request = f"GET /api/json/plain HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {th.key}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", th.port), timeout=10) as s:
+        s.sendall(request.encode())
+        assert _read_response(s).startswith(b"HTTP/1.1 200")
+        time.sleep(0.5)  # within the idle timeout: the connection still serves
+        s.sendall(request.encode())
+        assert _read_response(s).startswith(b"HTTP/1.1 200")
+        answered = time.monotonic()
+        s.settimeout(10)
+        assert s.recv(1) == b""  # closed by callgate, with nothing sent
+        idle = time.monotonic() - answered
+    assert 0.9 <= idle <= 3.0, idle  # the timeout, to within the watchdog's tick
+    ended = [x for x in th.sessions() if x["protocol"] == "http"]
+    assert len(ended) == 1 and ended[0]["ended_at"] is not None, ended
+    assert ended[0]["end_reason"] == "idle for 1 s between requests: closed by callgate"
+
+
 def test_pipelined_requests_answered_in_order(shared: Through) -> None:
     through = shared
     auth = f"Authorization: Bearer {through.key}\r\n".encode()

@@ -61,9 +61,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("callgate.http")
 
-#: Seconds an idle keep-alive connection waits for its next request (nginx's default is 75 s;
-#: shorter keeps idle sockets from piling up, and a client reconnects transparently).
-CLIENT_IDLE_TIMEOUT: Final = 60.0
 #: Seconds a credential verified on this connection is reused for its later requests before it
 #: is verified again (revocation is noticed within this time, as in the PostgreSQL engine).
 CREDENTIAL_RECHECK: Final = 10.0
@@ -106,6 +103,10 @@ class HttpSession:
         self.client_host = peer[0] if isinstance(peer, tuple) else str(peer)
         self.tls = tls
         self.id = new_session_id()
+        #: seconds a keep-alive connection waits for its next request (the listener's
+        #: ``idle_timeout``, 60 s by default: nginx's is 75 s; shorter keeps idle sockets from
+        #: piling up, and a client reconnects transparently)
+        self._idle_timeout = listener.config.idle_timeout.total_seconds()
         #: an exchange is in progress (drain lets it finish; an idle connection is closed)
         self.busy = False
         #: the gateway is draining: answer the request in progress with Connection: close
@@ -113,6 +114,8 @@ class HttpSession:
         self._credentials: dict[str, tuple[Principal, float]] = {}
         #: loop time by which the caller must send (idle or mid-head), if waiting for it
         self._client_deadline: float | None = None
+        #: the caller is between requests (not mid-head) while :attr:`_client_deadline` runs
+        self._client_idle = False
         #: loop time by which the upstream must answer, and the connection it must answer on
         self._upstream_deadline: tuple[float, UpstreamConnection] | None = None
         #: why the watchdog closed the connection, if it did
@@ -133,6 +136,7 @@ class HttpSession:
             while not self.stopping:
                 raw = await self._read_head()
                 if raw is None:
+                    reason = self.timed_out or reason
                     break
                 self.busy = True
                 try:
@@ -181,15 +185,16 @@ class HttpSession:
         requests. A head that breaks the rules is answered with its 4xx here.
 
         No timer per read: the listener's watchdog (:meth:`check_deadlines`) closes a
-        connection idle for :data:`CLIENT_IDLE_TIMEOUT` or stuck mid-head for
+        connection idle for the listener's ``idle_timeout`` or stuck mid-head for
         :data:`~callgate.engines.http.body.CLIENT_READ_TIMEOUT`."""
         reader: HeadReader | None = None  # made when a head comes in pieces
         stream = self.stream
         clock = self._loop.time
         while True:
             started = (reader is not None and reader.started) or stream.buffered
-            limit = CLIENT_READ_TIMEOUT if started else CLIENT_IDLE_TIMEOUT
+            limit = CLIENT_READ_TIMEOUT if started else self._idle_timeout
             self._client_deadline = clock() + limit
+            self._client_idle = not started
             try:
                 data = await stream.read()
             except OSError as exc:
@@ -233,7 +238,11 @@ class HttpSession:
         client = self._client_deadline
         if client is not None and now > client:
             self._client_deadline = None
-            self.timed_out = "the caller sent nothing in time"
+            self.timed_out = (
+                f"idle for {self._idle_timeout:g} s between requests: closed by callgate"
+                if self._client_idle
+                else "the caller sent nothing in time"
+            )
             with contextlib.suppress(Exception):
                 self.stream.abort()
         upstream = self._upstream_deadline
