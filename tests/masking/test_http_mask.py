@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -351,15 +352,78 @@ def test_jsonp_whose_argument_is_not_json_fails_with_path_rules(body: bytes) -> 
 def test_jsonp_sniffing() -> None:
     assert looks_like_jsonp(b'cb({"a"')
     assert looks_like_jsonp(b"\xef\xbb\xbf /**/a.b.c\n([1")
+    assert looks_like_jsonp(b'/* c */\n// x\n/**/\ncb({"a"')
+    assert looks_like_jsonp('cb({"a": 1})'.encode("utf-16"))
     assert not looks_like_jsonp(b"cb(1)")  # a number or string carries no fields
     assert not looks_like_jsonp(b"note (see above): {x}")
     assert not looks_like_jsonp(b"function cb() {}")
     assert not looks_like_jsonp(b'{"a": 1}')
+    assert not looks_like_jsonp(b"/* never closed cb({")
+
+
+J = b'{"data": [{"card": {"number": "4111111111111111"}}]}'
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'"use strict";cb(' + J + b");",
+        b"[0];cb(" + J + b")",
+        b"(cb)(" + J + b")",
+        b"cb['x'](" + J + b")",
+        b"cb.call(null, " + J + b")",
+        b"\\u0063b(" + J + b")",
+        b"cb(" + J + b", 1)",
+        b"cb(" + J + b"); // done",
+        b'cb({"__proto__": ' + J + b"});",  # the page reads data through the prototype
+        b"function f() { return 1; }",
+    ],
+)
+def test_scripts_that_are_not_plain_jsonp_fail_with_path_rules(body: bytes) -> None:
     p = plan(CARD)
-    assert p.needs_body("application/javascript", b'callback({"data": [')
-    assert not p.needs_body("application/javascript", b"function f() { return 1; }")
-    js = b'var x = {"data": 1};'  # a script that is not one call: not data, streams through
-    assert p.mask_body(js, "application/javascript") is js
+    for content_type in ("application/javascript", "text/javascript; charset=utf-8"):
+        assert p.needs_body(content_type, body[:1024])
+        with pytest.raises(ResponseMaskingFailed):
+            p.mask_body(body, content_type)
+
+
+def test_jsonp_in_other_forms() -> None:
+    p = plan(CARD)
+    masked_card = p.mask_body(J, "application/json")
+    assert b"4111111111111111" not in masked_card
+    # comments before the call; UTF-16 with a byte-order mark; gzip
+    assert p.mask_body(b"// x\n/* y */cb(" + J + b");", "application/javascript") == (
+        b"// x\n/* y */cb(" + masked_card + b");"
+    )
+    long_start = b" " * 1100 + b"cb(" + J + b")"  # past the sniffed bytes: labelled, masked
+    assert p.mask_body(long_start, "application/javascript") == (
+        b" " * 1100 + b"cb(" + masked_card + b")"
+    )
+    utf16 = ("cb(" + J.decode() + ")").encode("utf-16")
+    assert p.needs_body(None, utf16[:1024])
+    out = p.mask_body(utf16, "application/javascript; charset=utf-16")
+    assert out.decode("utf-16") == "cb(" + masked_card.decode() + ")"
+    gz = gzip.compress(b"cb(" + J + b");")
+    assert p.needs_body("application/octet-stream", gz[:1024], "gzip")
+    assert b"4111" not in gzip.decompress(p.mask_body(gz, None, "gzip"))
+    # a JSON-looking body that is not JSON, but JSONP after a JSON-looking statement: refused
+    with pytest.raises(ResponseMaskingFailed):
+        p.mask_body(b'{}\ncb({"data": 1} junk)', "application/javascript")
+    # long white space after a ")" inside the argument does not make the end search slow
+    slow = b'cb({"data":[],"note":")' + b" " * 200_000 + b'end"});'
+    started = time.monotonic()
+    assert p.mask_body(slow, "application/javascript") is slow
+    assert time.monotonic() - started < 2.0
+    # detectors alone scan any script as text
+    js = b'var mail = "bob@example.com";'
+    assert plan(DETECT).mask_body(js, "application/javascript") == b'var mail = "[REDACTED]";'
+
+
+@pytest.mark.parametrize("charset", ["base64", "rot13", "zlib"])
+def test_charsets_that_are_not_text_encodings_fail(charset: str) -> None:
+    for content_type in ("application/json", "application/javascript"):
+        with pytest.raises(ResponseMaskingFailed):
+            plan(CARD).mask_body(J, f"{content_type}; charset={charset}")
 
 
 @pytest.mark.parametrize(
@@ -373,6 +437,8 @@ def test_jsonp_sniffing() -> None:
         ("application/x-ndjson", "ndjson"),
         ("text/event-stream", "event-stream"),
         ("text/plain", "text"),
+        ("application/javascript", "script"),
+        ("text/javascript; charset=utf-8", "script"),
         ("application/xml", "text"),
         ("image/svg+xml", "text"),
         ("application/x-www-form-urlencoded", "form"),
@@ -411,6 +477,8 @@ def test_which_bodies_are_inspected() -> None:
 def test_sniffing() -> None:
     assert looks_like_json(b'{"a"')
     assert looks_like_json('{"a": 1}'.encode("utf-16-le"))
+    assert looks_like_json('{"a": 1}'.encode("utf-16"))  # with a byte-order mark
+    assert looks_like_json('["a"]'.encode("utf-32"))
     assert looks_like_json(b")]}',\n[1]")
     assert not looks_like_json(b"<html>")
     assert looks_like_text(b"name,email\n")

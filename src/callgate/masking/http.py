@@ -37,6 +37,7 @@ from callgate.masking.jsonmask import JsonMasker, PathRule
 from callgate.masking.jsonpath import parse_json_path
 from callgate.masking.media import (
     MAX_DECODED_BODY,
+    codings,
     decode_content,
     encode_content,
     looks_like_json,
@@ -189,7 +190,7 @@ class HttpMaskPlan:
         if masker.is_empty:
             return "none"
         kind = media_kind(content_type)
-        if kind in ("json", "ndjson", "event-stream", "multipart"):
+        if kind in ("json", "ndjson", "event-stream", "multipart", "script"):
             return "buffer"
         if kind in ("text", "form") and masker.detectors is not None:
             return "buffer"
@@ -197,19 +198,25 @@ class HttpMaskPlan:
         # one (or none): the first bytes tell.
         return "sniff"
 
-    def needs_body(self, content_type: str | None, head: bytes | None = None) -> bool:
+    def needs_body(
+        self,
+        content_type: str | None,
+        head: bytes | None = None,
+        content_encoding: str | None = None,
+    ) -> bool:
         """True when the response body must be buffered and passed to :meth:`mask_body`.
 
         ``head``: the body's first bytes (at least ``SNIFF_BYTES`` of them, or all of a shorter
         body). Without it, a body whose type does not settle the question needs buffering
         (fail closed); with it, only a body that looks like JSON (for path rules) or like text
         (for detectors) does. Binary bodies (images, archives, PDFs …) are not inspected:
-        detectors do not look inside binary formats."""
+        detectors do not look inside binary formats. A body with a ``content_encoding``
+        (gzip …) is buffered: its first bytes are compressed and tell nothing."""
         answer = self.inspection(content_type)
         if answer != "sniff":
             return answer == "buffer"
-        if head is None:
-            return True
+        if head is None or codings(content_encoding):
+            return True  # nothing to look at, or compressed bytes that say nothing
         masker = self.json
         return bool(
             (masker.rules and (looks_like_json(head) or looks_like_jsonp(head)))

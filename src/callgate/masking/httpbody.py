@@ -18,10 +18,9 @@ from callgate.masking.detectors import DetectorSet
 from callgate.masking.errors import MaskingFailed
 from callgate.masking.jsonmask import JsonMasker
 from callgate.masking.media import (
-    JSONP_END,
-    JSONP_START,
     XSSI_PREFIXES,
     charset,
+    jsonp_argument,
     looks_like_json,
     looks_like_jsonp,
     looks_like_text,
@@ -55,6 +54,8 @@ class BodyMasker:
             return self._multipart(body, content_type)
         if kind == "form" and self.detectors is not None:
             return self._form(body, content_type)
+        if kind == "script":
+            return self._script(body, content_type)
         if looks_like_json(body):
             # JSON under another label (or none) is masked as JSON, also for detectors only: a
             # hit replaced in the raw text could break it (a card number written as a number)
@@ -62,7 +63,7 @@ class BodyMasker:
                 return self._json_body(body, content_type, lines=False)
             except MaskingFailed:
                 pass  # not JSON after all: a client's JSON parser would not read it either
-        elif looks_like_jsonp(body):
+        if looks_like_jsonp(body):
             masked = self._jsonp_body(body, content_type)
             if masked is not None:
                 return masked
@@ -112,6 +113,15 @@ class BodyMasker:
                 changed = True
         return "".join(parts) if changed else text
 
+    def _script(self, body: bytes, content_type: str | None) -> bytes:
+        """A script (``application/javascript`` …): masked as JSONP when it is JSONP; otherwise,
+        with path rules, refused, since callgate cannot tell what a script hands to the page
+        that runs it; with detectors only, scanned as text."""
+        masked = self._jsonp_body(body, content_type)
+        if masked is not None:
+            return masked
+        return self._text(body, content_type)  # no path rules (else _jsonp_body raised)
+
     def _jsonp_body(self, body: bytes, content_type: str | None) -> bytes | None:
         """A JSONP body (:func:`looks_like_jsonp`) with its argument masked as JSON; ``None``
         when the argument is not JSON and the plan has no path rules (detectors then scan it as
@@ -126,7 +136,8 @@ class BodyMasker:
         if new is None:
             if self.masker.rules:
                 raise MaskingFailed(
-                    "a JSONP response's argument is not JSON: callgate cannot mask it"
+                    "a script response that is not JSONP with a JSON argument: callgate cannot"
+                    " mask it"
                 )
             return None
         return body if new is text else _encode(new, codec)
@@ -134,13 +145,14 @@ class BodyMasker:
     def _jsonp_text(self, text: str, scan: bool) -> str | None:
         """``cb(<JSON>);`` with the JSON masked (``text`` itself when nothing changed); ``None``
         when ``text`` is not one call of one function with one JSON argument."""
-        start = JSONP_START.match(text)
-        end = JSONP_END.search(text)
-        if start is None or end is None or end.start() < start.end():
+        found = jsonp_argument(text)
+        if found is None:
             return None
-        argument = text[start.end() : end.start()]
+        begin, end = found
         try:
-            doc = json.loads(argument, parse_float=_float)
+            # ``"__proto__": {…}`` in an object literal sets the object's prototype: the page
+            # reads the fields under it as the object's own, where no path rule looks
+            doc = json.loads(text[begin:end], parse_float=_float, object_pairs_hook=_no_proto)
         except (ValueError, RecursionError):
             return None
         new, _count = self.masker.mask(doc, scan=scan)
@@ -150,7 +162,7 @@ class BodyMasker:
             out = json.dumps(new, ensure_ascii=False, separators=(",", ":"))
         except (ValueError, RecursionError) as exc:  # pragma: no cover - parsed JSON dumps
             raise MaskingFailed("a masked JSONP body could not be written") from exc
-        return text[: start.end()] + out + text[end.start() :]
+        return text[:begin] + out + text[end:]
 
     def _json_text(self, text: str, scan: bool) -> str:
         """One JSON document (with an optional byte-order mark and XSSI guard) masked; ``text``
@@ -322,6 +334,13 @@ def _float(text: str) -> float:
         # Python reads 1e400 as infinity and would write it back as Infinity, which is not JSON
         raise ValueError("a JSON number is out of range")
     return value
+
+
+def _no_proto(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    for key, _ in pairs:
+        if key == "__proto__":
+            raise ValueError("__proto__ key")
+    return dict(pairs)
 
 
 def _encode(text: str, codec: str) -> bytes:

@@ -15,7 +15,9 @@ from typing import Final, Literal
 
 from callgate.masking.errors import MaskingFailed
 
-MediaKind = Literal["json", "ndjson", "event-stream", "form", "multipart", "text", "other"]
+MediaKind = Literal[
+    "json", "ndjson", "event-stream", "form", "multipart", "script", "text", "other"
+]
 
 #: bytes of a body's start that :func:`looks_like_json` and :func:`looks_like_text` look at; an
 #: engine deciding whether to buffer a body needs at least this much (or the whole body)
@@ -58,6 +60,8 @@ def media_type(content_type: str | None) -> str:
 
 def media_kind(content_type: str | None) -> MediaKind:
     media = media_type(content_type)
+    if media in SCRIPT_TYPES:
+        return "script"
     if media in _NDJSON:
         return "ndjson"
     if media == "text/event-stream":
@@ -88,9 +92,12 @@ def charset(content_type: str | None, default: str = "utf-8") -> str:
     one (callgate cannot read, so cannot mask, what it cannot decode)."""
     name = parameter(content_type, "charset") or default
     try:
-        return codecs.lookup(name).name
+        info = codecs.lookup(name)
     except LookupError:
         raise MaskingFailed(f"the response's charset {name[:40]!r} is not known") from None
+    if not getattr(info, "_is_text_encoding", True):  # base64, rot13, zlib …: not a charset
+        raise MaskingFailed(f"the response's charset {name[:40]!r} is not a text encoding")
+    return info.name
 
 
 def _strip_start(text: str) -> str:
@@ -101,23 +108,64 @@ def _strip_start(text: str) -> str:
     return text
 
 
+_WIDE_BOMS: Final = (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff", b"\xff\xfe", b"\xfe\xff")
+
+
 def _head_text(head: bytes) -> str:
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(head) > 1 and 0 in head[:4]):
-        # UTF-16/32 JSON (RFC 4627 allowed it): drop the zero bytes of ASCII characters
+    for bom in _WIDE_BOMS:
+        if head.startswith(bom):
+            head = head[len(bom) :]
+            break
+    else:
+        bom = b""
+    if bom or (len(head) > 1 and 0 in head[:4]):
+        # UTF-16/32 (RFC 4627 allowed it for JSON): drop the zero bytes of ASCII characters
         head = head.replace(b"\x00", b"")
     return head[:SNIFF_BYTES].decode("utf-8", "replace")
 
 
-#: The start of a JSONP response up to its argument: an optional ``/**/`` (which Express and
-#: others write first), an optional ``typeof cb === 'function' &&`` guard, the callback's name
-#: (dotted: ``jQuery.cb``) and its opening parenthesis.
+#: White space and comments (``/* … */``, ``// …``) before a script's first statement. The
+#: alternatives start differently, so matching stays linear.
+_SCRIPT_SPACE = r"(?:[\ufeff \t\r\n]+|/\*(?:[^*]|\*(?!/))*\*/|//[^\n]*\n)*"
+
+#: The start of a JSONP response up to its argument: white space and comments (Express writes
+#: ``/**/``), an optional ``typeof cb === 'function' &&`` guard, the callback's name (dotted:
+#: ``jQuery.cb``) and its opening parenthesis.
 JSONP_START: Final = re.compile(
-    r"[\ufeff \t\r\n]*(?:/\*\*/[ \t]*)?"
-    r"(?:typeof[ \t]+[A-Za-z_$][\w$.]*[ \t]*===?[ \t]*(['\"])function\1[ \t]*&&[ \t]*)?"
+    _SCRIPT_SPACE
+    + r"(?:typeof[ \t]+[A-Za-z_$][\w$.]*[ \t]*===?[ \t]*(['\"])function\1[ \t]*&&[ \t]*)?"
     r"[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)*[ \t\r\n]*\("
 )
-#: ... and its end: the closing parenthesis, an optional semicolon, white space.
-JSONP_END: Final = re.compile(r"\)[ \t\r\n]*;?[ \t\r\n]*\Z")
+
+#: Media types of scripts: a browser runs them, so what they hand to a page is data too.
+SCRIPT_TYPES: Final = frozenset(
+    {
+        "application/javascript",
+        "application/x-javascript",
+        "application/ecmascript",
+        "application/x-ecmascript",
+        "text/javascript",
+        "text/x-javascript",
+        "text/ecmascript",
+        "text/jscript",
+        "application/jsonp",
+    }
+)
+
+
+def jsonp_argument(text: str) -> tuple[int, int] | None:
+    """Where the argument of a JSONP body (``cb(<argument>);``) starts and ends in ``text``;
+    ``None`` when the text does not start like one or does not end with the call's ``)``
+    (an optional ``;`` and white space after it)."""
+    start = JSONP_START.match(text)
+    if start is None:
+        return None
+    end = len(text.rstrip(" \t\r\n"))  # by hand: a regex here backtracks on long white space
+    if end and text[end - 1] == ";":
+        end = len(text[: end - 1].rstrip(" \t\r\n"))
+    if end <= start.end() or text[end - 1] != ")":
+        return None
+    return start.end(), end - 1
 
 
 def looks_like_jsonp(head: bytes) -> bool:

@@ -233,7 +233,7 @@ class ResponseRelay:
         first = b""
         if mode == "sniff":
             first = await self._at_least(SNIFF_BYTES)
-            inspect = self.plan.needs_body(content_type, first)
+            inspect = self.plan.needs_body(content_type, first, resp.get("content-encoding"))
         else:
             inspect = mode == "buffer"
         if inspect:
