@@ -155,14 +155,18 @@ class BodyMasker:
             doc = json.loads(text[begin:end], parse_float=_float, object_pairs_hook=_no_proto)
         except (ValueError, RecursionError):
             return None
+        out = self._masked_json(doc, scan)
+        return text if out is None else text[:begin] + out + text[end:]
+
+    def _masked_json(self, doc: object, scan: bool) -> str | None:
+        """A parsed document masked and written back; ``None`` when nothing changed."""
         new, _count = self.masker.mask(doc, scan=scan)
         if new is doc:
-            return text
+            return None
         try:
-            out = json.dumps(new, ensure_ascii=False, separators=(",", ":"))
+            return json.dumps(new, ensure_ascii=False, separators=(",", ":"))
         except (ValueError, RecursionError) as exc:  # pragma: no cover - parsed JSON dumps
-            raise MaskingFailed("a masked JSONP body could not be written") from exc
-        return text[:begin] + out + text[end:]
+            raise MaskingFailed("a masked JSON body could not be written") from exc
 
     def _json_text(self, text: str, scan: bool) -> str:
         """One JSON document (with an optional byte-order mark and XSSI guard) masked; ``text``
@@ -182,14 +186,8 @@ class BodyMasker:
             doc = json.loads(document, parse_float=_float)
         except (ValueError, RecursionError) as exc:
             raise MaskingFailed("a JSON body is not valid JSON") from exc
-        new, _count = self.masker.mask(doc, scan=scan)
-        if new is doc:
-            return text
-        try:
-            out = json.dumps(new, ensure_ascii=False, separators=(",", ":"))
-        except (ValueError, RecursionError) as exc:  # pragma: no cover - parsed JSON dumps
-            raise MaskingFailed("a masked JSON body could not be written") from exc
-        return text[:prefix_end] + out
+        out = self._masked_json(doc, scan)
+        return text if out is None else text[:prefix_end] + out
 
     def _event_stream(self, body: bytes, content_type: str | None) -> bytes:
         """Server-sent events (text/event-stream, WHATWG HTML §9.2): the ``data`` lines of each
