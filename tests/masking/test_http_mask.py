@@ -283,8 +283,11 @@ def test_text_bodies() -> None:
     out = p.mask_body(body, "text/plain; charset=iso-8859-1")
     assert out == "Grüße [REDACTED]\n[REDACTED]".encode("latin-1")
     # undecodable bytes go back out as they came
-    out = p.mask_body(b"\xff\xfe bob@example.com \x80", "text/html")
-    assert out == b"\xff\xfe [REDACTED] \x80"
+    out = p.mask_body(b"\x81\xfe bob@example.com \x80", "text/html")
+    assert out == b"\x81\xfe [REDACTED] \x80"
+    # a byte-order mark decides, as it does for browsers
+    out = p.mask_body("\ufeffmail bob@example.com".encode("utf-16-le"), "text/html")
+    assert out.decode("utf-16") == "mail [REDACTED]"
     # JSON labelled text is masked as JSON (a card number written as a number stays JSON)
     out = p.mask_body(b'{"card": 4111111111111111}', "text/plain")
     assert json.loads(out) == {"card": REDACTED}
@@ -338,10 +341,12 @@ def test_jsonp_arguments_are_masked(body: bytes, expected: bytes, content_type: 
 )
 def test_jsonp_whose_argument_is_not_json_fails_with_path_rules(body: bytes) -> None:
     assert looks_like_jsonp(body)
-    for content_type in ("application/javascript", "application/json", None):
+    for content_type in ("application/javascript", "application/json", None, "x/y"):
         with pytest.raises(ResponseMaskingFailed) as caught:
             plan({"json": ["$.secret"]}).mask_body(body, content_type)
         assert caught.value.http_status == 502
+    # under a text type it is text (``Note (see [1])`` is not a script)
+    assert plan({"json": ["$.secret"]}).mask_body(body, "text/plain") is body
     # detectors alone read it as text
     p = plan(DETECT)
     assert p.mask_body(b'cb({mail: "bob@example.com"})', "text/javascript") == (
@@ -419,11 +424,105 @@ def test_jsonp_in_other_forms() -> None:
     assert plan(DETECT).mask_body(js, "application/javascript") == b'var mail = "[REDACTED]";'
 
 
-@pytest.mark.parametrize("charset", ["base64", "rot13", "zlib"])
-def test_charsets_that_are_not_text_encodings_fail(charset: str) -> None:
-    for content_type in ("application/json", "application/javascript"):
+@pytest.mark.parametrize(
+    "charset",
+    # not text encodings; unknown; or ones where ASCII bytes do not mean ASCII, so a client
+    # decoding as UTF-8 sees fields callgate would not
+    ["base64", "rot13", "zlib", "undefined", "punycode", "idna", "klingon", "utf-7",
+     "unicode_escape", "shift_jis", "cp037", "hz"],
+)  # fmt: skip
+def test_charsets_callgate_does_not_read_fail(charset: str) -> None:
+    for content_type in ("application/json", "application/javascript", "text/plain"):
         with pytest.raises(ResponseMaskingFailed):
-            plan(CARD).mask_body(J, f"{content_type}; charset={charset}")
+            plan(CARD, DETECT).mask_body(J, f"{content_type}; charset={charset}")
+
+
+def test_utf7_json_that_hides_a_field_from_a_utf7_reader_fails() -> None:
+    body = (
+        b'{"+ACIAOgB7ACI-k":1,"data":[{"card":{"number":"4111111111111111"}}],'
+        b'"e":"+ACIAfQAsACIAZgAiADoAIg-g"}'
+    )
+    with pytest.raises(ResponseMaskingFailed):
+        plan(CARD).mask_body(body, "application/json; charset=utf-7")
+
+
+def test_wide_json_is_read_as_json_clients_read_it() -> None:
+    p = plan(CARD)
+    masked = p.mask_body(J, "application/json")
+    for codec in ("utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be", "utf-16", "utf-32"):
+        wide = J.decode().encode(codec)
+        for content_type in (None, "application/octet-stream", "application/json"):
+            assert p.needs_body(content_type, wide[:1024]), (codec, content_type)
+            out = p.mask_body(wide, content_type)
+            assert json.loads(out.decode(codec)) == json.loads(masked), (codec, content_type)
+    # labelled UTF-16, but UTF-8 bytes: clients disagree on what it says, so it fails
+    with pytest.raises(ResponseMaskingFailed):
+        p.mask_body(J, "application/json; charset=utf-16")
+    with pytest.raises(ResponseMaskingFailed):  # and sniffed
+        p.mask_body(J, "text/plain; charset=utf-16")
+    # text in UTF-16 cut mid-character cannot be read: it fails instead of raising anything else
+    with pytest.raises(ResponseMaskingFailed):
+        plan(DETECT).mask_body("\ufeffbob@example.com".encode("utf-16-le") + b"A", "text/plain")
+
+
+def test_json_in_a_script_type_is_masked_as_json() -> None:
+    p = plan(CARD)
+    masked = p.mask_body(J, "application/json")
+    for guard in (b"", b"for (;;);", b")]}'\n"):
+        out = p.mask_body(guard + J, "application/javascript")
+        assert out == guard + masked
+    # detectors only: a number stays a JSON value
+    out = plan(DETECT).mask_body(b'{"number": 4111111111111111}', "text/javascript")
+    assert json.loads(out) == {"number": REDACTED}
+
+
+def test_sniffing_looks_inside_compressed_bodies() -> None:
+    p = plan(CARD)
+    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 20
+    assert not p.needs_body("image/png", gzip.compress(png)[:1024], "gzip")
+    assert not p.needs_body("image/png", zlib.compress(png)[:1024], "deflate")
+    assert p.needs_body(None, gzip.compress(J)[:1024], "gzip")
+    assert p.needs_body(None, gzip.compress(b"cb(" + J + b")")[:1024], "gzip")
+    assert p.needs_body("image/png", b"\x1b\x00\x00", "br")  # cannot look: mask_body decides
+    with pytest.raises(ResponseMaskingFailed):
+        p.mask_body(b"\x1b\x00\x00", "image/png", "br")
+
+
+def test_no_backtracking_in_script_sniffing() -> None:
+    p = plan(CARD, DETECT)
+    started = time.monotonic()
+    # blank lines before an HTML page: text, buffered for the detectors, not a script
+    page = b"\n" * 5000 + b"<html>bob@example.com</html>"
+    assert p.needs_body("text/html", page[:1024])
+    assert p.mask_body(page, "text/html") == b"\n" * 5000 + b"<html>[REDACTED]</html>"
+    assert not looks_like_jsonp(b" " * 5000 + b"!")
+    with pytest.raises(ResponseMaskingFailed):
+        plan(CARD).mask_body(b" " * 100_000 + b"!", "application/javascript")
+    unclosed = b"/*" + b"x" * 1_000_000
+    assert plan(CARD).mask_body(unclosed, "application/octet-stream") is unclosed
+    assert time.monotonic() - started < 2.0
+
+
+def test_a_line_comment_ends_at_any_line_terminator() -> None:
+    body = b"// x\rcb(" + J + b');\ncb2({"ok":1})'
+    assert looks_like_jsonp(body)
+    with pytest.raises(ResponseMaskingFailed):
+        plan(CARD).mask_body(body, "application/javascript")
+
+
+def test_text_that_starts_like_a_call_is_text() -> None:
+    p = plan(CARD)
+    for body, content_type in (
+        (b"See ([docs](http://x))", "text/markdown"),
+        (b"Note ({x}) and more", "text/plain"),
+    ):
+        assert p.mask_body(body, content_type) is body
+
+
+def test_event_streams_are_read_as_utf8_whatever_the_label() -> None:
+    body = b'data: {"data": [{"card": {"number": "4111111111111111"}}]}\n\n'
+    out = plan(CARD).mask_body(body, "text/event-stream; charset=utf-16")
+    assert b"4111111111111111" not in out
 
 
 @pytest.mark.parametrize(

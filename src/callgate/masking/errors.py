@@ -23,3 +23,8 @@ class MaskingFailed(UpstreamError):
             hint="nothing of the result after this point was delivered; ask an administrator",
         )
         self.reason = reason
+
+
+class NotJson(MaskingFailed):
+    """A body callgate could read is not JSON. Fails a body labelled JSON; a body that only
+    looked like JSON is then treated as what it is (text, or data callgate does not read)."""

@@ -39,6 +39,7 @@ from callgate.masking.media import (
     MAX_DECODED_BODY,
     codings,
     decode_content,
+    decode_head,
     encode_content,
     looks_like_json,
     looks_like_jsonp,
@@ -210,13 +211,19 @@ class HttpMaskPlan:
         body). Without it, a body whose type does not settle the question needs buffering
         (fail closed); with it, only a body that looks like JSON (for path rules) or like text
         (for detectors) does. Binary bodies (images, archives, PDFs …) are not inspected:
-        detectors do not look inside binary formats. A body with a ``content_encoding``
-        (gzip …) is buffered: its first bytes are compressed and tell nothing."""
+        detectors do not look inside binary formats. With a ``content_encoding`` the first bytes
+        are inflated to be looked at (gzip, deflate); a coding callgate cannot read is
+        buffered, and then fails in :meth:`mask_body`."""
         answer = self.inspection(content_type)
         if answer != "sniff":
             return answer == "buffer"
-        if head is None or codings(content_encoding):
-            return True  # nothing to look at, or compressed bytes that say nothing
+        if head is None:
+            return True
+        if codings(content_encoding):
+            decoded = decode_head(head, content_encoding)
+            if decoded is None:
+                return True  # a coding callgate cannot read: mask_body decides (and fails)
+            head = decoded
         masker = self.json
         return bool(
             (masker.rules and (looks_like_json(head) or looks_like_jsonp(head)))

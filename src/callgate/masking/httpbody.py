@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 from callgate.masking.detectors import DetectorSet
-from callgate.masking.errors import MaskingFailed
+from callgate.masking.errors import MaskingFailed, NotJson
 from callgate.masking.jsonmask import JsonMasker
 from callgate.masking.media import (
     XSSI_PREFIXES,
@@ -61,10 +61,12 @@ class BodyMasker:
             # hit replaced in the raw text could break it (a card number written as a number)
             try:
                 return self._json_body(body, content_type, lines=False)
-            except MaskingFailed:
-                pass  # not JSON after all: a client's JSON parser would not read it either
+            except NotJson:
+                pass  # read, but not JSON: a client's JSON parser would not read it either
         if looks_like_jsonp(body):
-            masked = self._jsonp_body(body, content_type)
+            # without a type (or a generic one) a page may well run it as a script; under a
+            # text type, something that only starts like JSONP (``Note (see [1])``) is text
+            masked = self._jsonp_body(body, content_type, strict=kind == "other")
             if masked is not None:
                 return masked
         if self.detectors is not None and (kind == "text" or looks_like_text(body)):
@@ -72,10 +74,12 @@ class BodyMasker:
         return body
 
     def _json_body(self, body: bytes, content_type: str | None, *, lines: bool) -> bytes:
-        codec = charset(content_type)
+        """Raises :class:`NotJson` when the body reads but is not JSON (nor JSON lines nor
+        JSONP), :class:`MaskingFailed` when it cannot be read."""
+        codec = charset(content_type, body)
         try:
             text = body.decode(codec)
-        except UnicodeDecodeError as exc:
+        except UnicodeError as exc:
             raise MaskingFailed(f"a JSON body is not valid {codec}") from exc
         scan = self._may_hit(body)
         new: str | None
@@ -92,7 +96,7 @@ class BodyMasker:
         else:
             new = self._json_lines(text, scan)
             if new is None:
-                raise MaskingFailed("a JSON-lines body has a line that is not JSON")
+                raise NotJson("a JSON-lines body has a line that is not JSON")
         if new is text:
             return body
         return _encode(new, codec)
@@ -114,27 +118,33 @@ class BodyMasker:
         return "".join(parts) if changed else text
 
     def _script(self, body: bytes, content_type: str | None) -> bytes:
-        """A script (``application/javascript`` …): masked as JSONP when it is JSONP; otherwise,
-        with path rules, refused, since callgate cannot tell what a script hands to the page
-        that runs it; with detectors only, scanned as text."""
-        masked = self._jsonp_body(body, content_type)
+        """A script (``application/javascript`` …): masked as JSON when it is JSON (with or
+        without an XSSI guard), as JSONP when it is JSONP; otherwise, with path rules, refused,
+        since callgate cannot tell what a script hands to the page that runs it; with detectors
+        only, scanned as text."""
+        if looks_like_json(body):
+            try:
+                return self._json_body(body, content_type, lines=False)
+            except NotJson:
+                pass
+        masked = self._jsonp_body(body, content_type, strict=True)
         if masked is not None:
             return masked
         return self._text(body, content_type)  # no path rules (else _jsonp_body raised)
 
-    def _jsonp_body(self, body: bytes, content_type: str | None) -> bytes | None:
+    def _jsonp_body(self, body: bytes, content_type: str | None, *, strict: bool) -> bytes | None:
         """A JSONP body (:func:`looks_like_jsonp`) with its argument masked as JSON; ``None``
-        when the argument is not JSON and the plan has no path rules (detectors then scan it as
-        text). With path rules it raises :class:`MaskingFailed`: a browser would run the script
-        and could read fields callgate cannot find."""
-        codec = charset(content_type)
+        when it is not JSONP with a JSON argument, unless ``strict`` (a script's label) and the
+        plan has path rules: then it raises :class:`MaskingFailed`, since a browser would run the
+        script and could read fields callgate cannot find."""
+        codec = charset(content_type, body)
         try:
             text = body.decode(codec)
-        except UnicodeDecodeError as exc:
+        except UnicodeError as exc:
             raise MaskingFailed(f"a JSONP body is not valid {codec}") from exc
         new = self._jsonp_text(text, self._may_hit(body))
         if new is None:
-            if self.masker.rules:
+            if strict and self.masker.rules:
                 raise MaskingFailed(
                     "a script response that is not JSONP with a JSON argument: callgate cannot"
                     " mask it"
@@ -181,19 +191,20 @@ class BodyMasker:
         if not document.strip():
             if prefix_end == start:
                 return text  # nothing but white space: nothing to leak
-            raise MaskingFailed("a JSON body has nothing after its guard prefix")
+            raise NotJson("a JSON body has nothing after its guard prefix")
         try:
             doc = json.loads(document, parse_float=_float)
         except (ValueError, RecursionError) as exc:
-            raise MaskingFailed("a JSON body is not valid JSON") from exc
+            raise NotJson("a JSON body is not valid JSON") from exc
         out = self._masked_json(doc, scan)
         return text if out is None else text[:prefix_end] + out
 
     def _event_stream(self, body: bytes, content_type: str | None) -> bytes:
         """Server-sent events (text/event-stream, WHATWG HTML §9.2): the ``data`` lines of each
         event are joined and masked as JSON when they are JSON, as text otherwise; other lines
-        (event names, ids, comments) as text. Works on any run of whole events."""
-        codec = charset(content_type)
+        (event names, ids, comments) as text. Works on any run of whole events. Event streams
+        are always UTF-8 (clients ignore a ``charset``), so they are read as UTF-8 here too."""
+        codec = "utf-8"
         text = body.decode(codec, "surrogateescape")
         events = re.split(r"(\r\n\r\n|\n\n|\r\r)", text)
         changed = False
@@ -269,7 +280,7 @@ class BodyMasker:
     def _form(self, body: bytes, content_type: str | None) -> bytes:
         """``application/x-www-form-urlencoded``: detectors on each decoded name and value (an
         ``@`` written ``%40`` is still an email)."""
-        text = body.decode(charset(content_type), "surrogateescape")
+        text = body.decode(charset(content_type, body), "surrogateescape")
         out: list[str] = []
         changed = False
         for pair in text.split("&"):
@@ -286,9 +297,12 @@ class BodyMasker:
         return "&".join(out).encode("ascii") if changed else body
 
     def _text(self, body: bytes, content_type: str | None) -> bytes:
-        codec = charset(content_type)
-        # surrogateescape: bytes that are not valid in the charset go back out as they came
-        text = body.decode(codec, "surrogateescape")
+        codec = charset(content_type, body)
+        try:
+            # surrogateescape: bytes that are not valid in the charset go back out as they came
+            text = body.decode(codec, "surrogateescape")
+        except UnicodeError as exc:  # UTF-16/32 cut mid-character: not text in that charset
+            raise MaskingFailed(f"a text body is not valid {codec}") from exc
         new = self.detect_text(text)
         if new is text:
             return body

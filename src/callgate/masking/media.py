@@ -87,17 +87,79 @@ def parameter(content_type: str | None, wanted: str) -> str | None:
     return None
 
 
-def charset(content_type: str | None, default: str = "utf-8") -> str:
-    """The ``charset`` parameter's codec name; raises :class:`MaskingFailed` for an unknown
-    one (callgate cannot read, so cannot mask, what it cannot decode)."""
-    name = parameter(content_type, "charset") or default
+#: Charsets callgate decodes bodies with (codec names as :func:`codecs.lookup` spells them).
+#: In each, a byte below 0x80 is always that ASCII character and never part of a longer one, so
+#: the characters that give JSON, scripts and forms their structure (``{ " : \\ ( &``) are
+#: the same whichever of these a client decodes with. Charsets where that does not hold (UTF-7,
+#: Shift_JIS, EBCDIC, ``unicode_escape`` …) could show a client fields callgate does not see.
+ASCII_SAFE_CHARSETS: Final = frozenset(
+    {"utf-8", "ascii", "koi8-r", "koi8-u", "mac-roman", "tis-620"}
+    | {f"iso8859-{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16)}
+    | {f"cp{n}" for n in range(1250, 1259)}
+)
+#: UTF-16 and UTF-32: structure differs from ASCII, but every client that reads them as such
+#: sees what callgate sees (a client that reads them as UTF-8 sees no JSON at all).
+WIDE_CHARSETS: Final = frozenset(
+    {"utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"}
+)
+
+#: Byte-order marks, longest first (UTF-32LE's starts like UTF-16LE's).
+_BOMS: Final = (
+    (b"\xff\xfe\x00\x00", "utf-32"),
+    (b"\x00\x00\xfe\xff", "utf-32"),
+    (b"\xef\xbb\xbf", "utf-8"),
+    (b"\xff\xfe", "utf-16"),
+    (b"\xfe\xff", "utf-16"),
+)
+
+
+def charset(content_type: str | None, body: bytes | None = None, default: str = "utf-8") -> str:
+    """The codec to decode a body with: its byte-order mark's, else UTF-16/32 when its first
+    bytes have the zero bytes of ASCII in those (RFC 4627 §3), else its ``charset``
+    parameter's, else ``default``. Raises :class:`MaskingFailed` for a charset
+    callgate does not know or will not read (see :data:`ASCII_SAFE_CHARSETS`): it cannot mask
+    what it cannot read the way every client reads it."""
+    if body is not None:
+        for bom, codec in _BOMS:
+            if body.startswith(bom):
+                return codec
+        # JSON clients that guess (as RFC 4627 said to) read these as UTF-16/32, whatever the
+        # label; clients that follow a label of another charset see no JSON in them at all
+        wide = _wide_without_bom(body[:4]) if 0 in body[:4] else None
+        if wide is not None:
+            return wide
+    name = parameter(content_type, "charset")
+    if name is None:
+        return default
     try:
-        info = codecs.lookup(name)
-    except LookupError:
+        codec = codecs.lookup(name).name
+    except (LookupError, ValueError):
         raise MaskingFailed(f"the response's charset {name[:40]!r} is not known") from None
-    if not getattr(info, "_is_text_encoding", True):  # base64, rot13, zlib …: not a charset
-        raise MaskingFailed(f"the response's charset {name[:40]!r} is not a text encoding")
-    return info.name
+    if codec not in ASCII_SAFE_CHARSETS and codec not in WIDE_CHARSETS:
+        raise MaskingFailed(
+            f"the response's charset {name[:40]!r} is not one callgate reads to mask (UTF-8,"
+            " UTF-16, UTF-32 or an ASCII-compatible single-byte charset)"
+        )
+    if codec in WIDE_CHARSETS and body is not None and len(body) >= 4:
+        # labelled UTF-16/32, but without a byte-order mark or the zero bytes of ASCII in it:
+        # a client that guesses from the bytes reads it as UTF-8, one that follows the label
+        # reads something else, and callgate cannot be both
+        raise MaskingFailed(f"the response is labelled {name[:40]!r} but does not read as it")
+    return codec
+
+
+_WIDE_PATTERNS: Final = {
+    (True, True, True, False): "utf-32-be",
+    (False, True, True, True): "utf-32-le",
+    (True, False, True, False): "utf-16-be",
+    (False, True, False, True): "utf-16-le",
+}
+
+
+def _wide_without_bom(first: bytes) -> str | None:
+    if len(first) < 4:
+        return None
+    return _WIDE_PATTERNS.get((first[0] == 0, first[1] == 0, first[2] == 0, first[3] == 0))
 
 
 def _strip_start(text: str) -> str:
@@ -120,13 +182,17 @@ def _head_text(head: bytes) -> str:
         bom = b""
     if bom or (len(head) > 1 and 0 in head[:4]):
         # UTF-16/32 (RFC 4627 allowed it for JSON): drop the zero bytes of ASCII characters
-        head = head.replace(b"\x00", b"")
+        head = head[: 4 * SNIFF_BYTES].replace(b"\x00", b"")
     return head[:SNIFF_BYTES].decode("utf-8", "replace")
 
 
-#: White space and comments (``/* … */``, ``// …``) before a script's first statement. The
-#: alternatives start differently, so matching stays linear.
-_SCRIPT_SPACE = r"(?:[\ufeff \t\r\n]+|/\*(?:[^*]|\*(?!/))*\*/|//[^\n]*\n)*"
+#: White space and comments (``/* … */``, ``// …``, and ``<!--``, which also starts a line
+#: comment in a script) before a script's first statement: one character or one comment per
+#: step, possessively, so that matching stays linear.
+_SCRIPT_SPACE = (
+    r"(?:[\t\n\v\f\r \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
+    r"|/\*(?:[^*]|\*(?!/))*\*/|(?://|<!--)[^\n\r\u2028\u2029]*)*+"
+)
 
 #: The start of a JSONP response up to its argument: white space and comments (Express writes
 #: ``/**/``), an optional ``typeof cb === 'function' &&`` guard, the callback's name (dotted:
@@ -196,7 +262,7 @@ def looks_like_text(head: bytes) -> bool:
     sample = head[:SNIFF_BYTES]
     if not sample:
         return False
-    if sample.startswith((b"\xff\xfe", b"\xfe\xff")):
+    if sample.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")):
         return True
     if b"\x00" in sample:
         return False
@@ -245,6 +311,29 @@ def decode_content(body: bytes, content_encoding: str | None, limit: int) -> byt
         except zlib.error as exc:
             raise MaskingFailed(f"the {coding}-encoded response is corrupt") from exc
     return body
+
+
+def decode_head(head: bytes, content_encoding: str | None) -> bytes | None:
+    """The first bytes of a body's decoded content, from the first bytes of its coded form (to
+    sniff what it is); ``None`` for a coding callgate cannot read (br, zstd …) or a head that
+    does not inflate."""
+    for coding in reversed(codings(content_encoding)):
+        attempts: tuple[int, ...]
+        if coding in ("gzip", "x-gzip"):
+            attempts = (31,)
+        elif coding == "deflate":
+            attempts = (15, -15)
+        else:
+            return None
+        for wbits in attempts:
+            try:
+                head = zlib.decompressobj(wbits).decompress(head, SNIFF_BYTES)
+                break
+            except zlib.error:
+                continue
+        else:
+            return None
+    return head
 
 
 def encode_content(body: bytes, content_encoding: str | None) -> bytes:
