@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import time
@@ -688,3 +689,117 @@ def test_form_bodies_are_decoded_for_detectors() -> None:
     assert out == b"name=Bob&email=[REDACTED]&x=%FF"
     same = b"a=1&b=2"
     assert p.mask_body(same, "application/x-www-form-urlencoded") is same
+
+
+# --- a third review's cases: each was a body a client reads with the card in it ----------------
+
+RAW = b'{"data":[{"card":{"number":"4111111111111111"}}]}'
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        RAW[:-1] + b',"n":1e400}',  # JavaScript reads Infinity
+        RAW[:-1] + b',"n":' + b"9" * 5000 + b"}",  # past Python's integer digit limit
+        RAW[:-1] + b',"n":' + b"[" * 5000 + b"]" * 5000 + b"}",  # deeper than Python recurses
+    ],
+)
+def test_json_that_python_cannot_read_but_javascript_can_fails(body: bytes) -> None:
+    for content_type in ("application/json", "text/plain", "application/octet-stream", None):
+        with pytest.raises(ResponseMaskingFailed):
+            plan(CARD).mask_body(body, content_type)
+    sse = b"data: " + body + b"\n\n"
+    with pytest.raises(ResponseMaskingFailed):
+        plan(CARD).mask_body(sse, "text/event-stream")
+
+
+def test_long_leading_white_space_does_not_hide_json() -> None:
+    p = plan(CARD)
+    for pad in (b" " * 1100, b"\r\n" * 3000):
+        body = pad + RAW
+        assert p.needs_body("text/plain", body[:1024])
+        assert b"4111111111111111" not in p.mask_body(body, "text/plain")
+    wide = (" " * 600 + RAW.decode()).encode("utf-16-le")
+    assert p.needs_body(None, wide[:1024])
+    assert "4111111111111111" not in p.mask_body(wide, None).decode("utf-16-le")
+    commented = b"/*" + b"x" * 1100 + b"*/cb(" + RAW + b")"
+    assert p.needs_body("application/octet-stream", commented[:1024])
+    assert b"4111111111111111" not in p.mask_body(commented, "application/octet-stream")
+
+
+def test_every_gzip_member_is_read() -> None:
+    p = plan(CARD)
+    body = gzip.compress(b'{"a":1}\n') + gzip.compress(RAW + b"\n")
+    out = gzip.decompress(p.mask_body(body, "application/x-ndjson", "gzip"))
+    assert b"4111111111111111" not in out and out.startswith(b'{"a":1}\n')
+    # a head that inflates to nothing yet (an empty first member, a long header comment)
+    empty_first = gzip.compress(b"") + gzip.compress(b" " * 2000 + RAW)
+    assert p.needs_body("text/plain", empty_first[:1024], "gzip")
+    assert b"4111" not in gzip.decompress(p.mask_body(empty_first, "text/plain", "gzip"))
+    trailing = zlib.compress(RAW) + b"junk"
+    with pytest.raises(ResponseMaskingFailed):
+        p.mask_body(trailing, "application/json", "deflate")
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        b"\xef\xbb\xbfdata: " + RAW + b"\n\n",  # a byte-order mark, ignored by EventSource
+        b"data: {}\n\r\ndata: " + RAW + b"\n\n",  # mixed line endings around an empty line
+        b"data: {}\n\rdata: " + RAW + b"\n\n",
+        b"data: {}\r\n\rdata: " + RAW + b"\r\r",
+    ],
+)
+def test_event_stream_lines_end_as_the_spec_says(stream: bytes) -> None:
+    out = plan(CARD).mask_body(stream, "text/event-stream")
+    assert b"4111111111111111" not in out
+
+
+def test_multipart_delimiters_count_only_at_line_start() -> None:
+    body = (
+        b"--b\r\nContent-Type: text/plain\r\n\r\nsee x--b--y\r\n"
+        b"--b\r\nContent-Type: application/json\r\n\r\n" + RAW + b"\r\n--b--\r\n"
+    )
+    out = plan(CARD).mask_body(body, "multipart/mixed; boundary=b")
+    assert b"4111111111111111" not in out and b"see x--b--y" in out
+
+
+def test_multipart_part_with_two_transfer_encodings_fails() -> None:
+    body = (
+        b"--b\r\nContent-Transfer-Encoding: base64\r\nContent-Transfer-Encoding: 8bit\r\n"
+        b"Content-Type: application/json\r\n\r\n" + base64.b64encode(RAW) + b"\r\n--b--\r\n"
+    )
+    with pytest.raises(ResponseMaskingFailed):
+        plan(CARD).mask_body(body, "multipart/mixed; boundary=b")
+
+
+def test_deeply_nested_multipart_fails() -> None:
+    body = RAW
+    content_type = "application/json"
+    for n in range(400):
+        boundary = f"b{n}".encode()
+        body = (
+            b"--"
+            + boundary
+            + b"\r\nContent-Type: "
+            + content_type.encode()
+            + b"\r\n\r\n"
+            + body
+            + b"\r\n--"
+            + boundary
+            + b"--\r\n"
+        )
+        content_type = f"multipart/mixed; boundary=b{n}"
+    with pytest.raises(ResponseMaskingFailed):
+        plan(CARD).mask_body(body, content_type)
+
+
+def test_jsonp_with_a_string_argument_fails_under_a_script_type() -> None:
+    body = b"cb(\"cb({card:{number:'4111111111111111'}})\")"
+    with pytest.raises(ResponseMaskingFailed):
+        plan(CARD).mask_body(body, "application/javascript")
+
+
+def test_unreadable_forms_fail_cleanly() -> None:
+    with pytest.raises(ResponseMaskingFailed):
+        plan(DETECT).mask_body(b"\xff\xfea", "application/x-www-form-urlencoded")

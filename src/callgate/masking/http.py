@@ -45,6 +45,7 @@ from callgate.masking.media import (
     looks_like_jsonp,
     looks_like_text,
     media_kind,
+    sniff_undecided,
 )
 from callgate.masking.plan import DetectRule, MaskRules, applicable_mask_rules, style_of
 from callgate.masking.styles import REDACTED, Style, strictest
@@ -219,11 +220,14 @@ class HttpMaskPlan:
             return answer == "buffer"
         if head is None:
             return True
+        more: bool | None = None
         if codings(content_encoding):
             decoded = decode_head(head, content_encoding)
             if decoded is None:
                 return True  # a coding callgate cannot read: mask_body decides (and fails)
-            head = decoded
+            head, more = decoded
+        if sniff_undecided(head, more):
+            return True
         masker = self.json
         return bool(
             (masker.rules and (looks_like_json(head) or looks_like_jsonp(head)))

@@ -40,7 +40,7 @@ class BodyMasker:
     def detectors(self) -> DetectorSet | None:
         return self.masker.detectors
 
-    def payload(self, body: bytes, content_type: str | None) -> bytes:
+    def payload(self, body: bytes, content_type: str | None, _depth: int = 0) -> bytes:
         """``body`` (no content coding) masked as its type says, or as it looks when the type
         does not settle it; the same object when nothing changed."""
         kind = media_kind(content_type)
@@ -51,7 +51,7 @@ class BodyMasker:
         if kind == "event-stream":
             return self._event_stream(body, content_type)
         if kind == "multipart":
-            return self._multipart(body, content_type)
+            return self._multipart(body, content_type, _depth)
         if kind == "form" and self.detectors is not None:
             return self._form(body, content_type)
         if kind == "script":
@@ -63,7 +63,7 @@ class BodyMasker:
                 return self._json_body(body, content_type, lines=False)
             except NotJson:
                 pass  # read, but not JSON: a client's JSON parser would not read it either
-        if looks_like_jsonp(body):
+        if looks_like_jsonp(body, whole=True):
             # without a type (or a generic one) a page may well run it as a script; under a
             # text type, something that only starts like JSONP (``Note (see [1])``) is text
             masked = self._jsonp_body(body, content_type, strict=kind == "other")
@@ -86,7 +86,7 @@ class BodyMasker:
         if not lines:
             try:
                 new = self._json_text(text, scan)
-            except MaskingFailed:
+            except NotJson:
                 # ``application/json`` used for JSON lines, or for JSONP
                 new = self._json_lines(text, scan) if "\n" in text.strip() else None
                 if new is None and looks_like_jsonp(body):
@@ -110,7 +110,7 @@ class BodyMasker:
                 continue
             try:
                 new = self._json_text(line, scan)
-            except MaskingFailed:
+            except NotJson:
                 return None
             if new is not line:
                 parts[index] = new
@@ -159,10 +159,13 @@ class BodyMasker:
         if found is None:
             return None
         begin, end = found
+        argument = text[begin:end]
+        if argument.lstrip(" \t\r\n")[:1] not in ("{", "["):
+            return None  # a string can be code to a page (``eval``, ``document.write``)
         try:
             # ``"__proto__": {…}`` in an object literal sets the object's prototype: the page
             # reads the fields under it as the object's own, where no path rule looks
-            doc = json.loads(text[begin:end], parse_float=_float, object_pairs_hook=_no_proto)
+            doc = json.loads(argument, parse_float=_float, object_pairs_hook=_no_proto)
         except (ValueError, RecursionError):
             return None
         out = self._masked_json(doc, scan)
@@ -194,8 +197,13 @@ class BodyMasker:
             raise NotJson("a JSON body has nothing after its guard prefix")
         try:
             doc = json.loads(document, parse_float=_float)
-        except (ValueError, RecursionError) as exc:
+        except json.JSONDecodeError as exc:
             raise NotJson("a JSON body is not valid JSON") from exc
+        except (ValueError, RecursionError) as exc:
+            # valid JSON to a JavaScript client (1e400, a 5,000-digit number, deep nesting)
+            raise MaskingFailed(
+                "a JSON body holds a number or a nesting callgate cannot read"
+            ) from exc
         out = self._masked_json(doc, scan)
         return text if out is None else text[:prefix_end] + out
 
@@ -206,7 +214,8 @@ class BodyMasker:
         are always UTF-8 (clients ignore a ``charset``), so they are read as UTF-8 here too."""
         codec = "utf-8"
         text = body.decode(codec, "surrogateescape")
-        events = re.split(r"(\r\n\r\n|\n\n|\r\r)", text)
+        bom = "\ufeff" if text.startswith("\ufeff") else ""  # ignored by clients
+        events = _EVENT_END.split(text[len(bom) :])
         changed = False
         for index in range(0, len(events), 2):
             event = events[index]
@@ -216,7 +225,7 @@ class BodyMasker:
                 changed = True
         if not changed:
             return body
-        return "".join(events).encode(codec, "surrogateescape")
+        return (bom + "".join(events)).encode(codec, "surrogateescape")
 
     def _event(self, event: str) -> str:
         lines = re.split(r"\r\n|\n|\r", event)
@@ -227,7 +236,7 @@ class BodyMasker:
         if data and looks_like_json(payload.encode("utf-8", "surrogateescape")):
             try:
                 new_payload = self._json_text(payload, scan=True)
-            except MaskingFailed:
+            except NotJson:
                 new_payload = payload
         if new_payload is payload and self.detectors is not None:
             new_payload = self.detect_text(payload)
@@ -238,27 +247,30 @@ class BodyMasker:
         out += ["data: " + line for line in new_payload.split("\n")] if data else []
         return "\n".join(out)
 
-    def _multipart(self, body: bytes, content_type: str | None) -> bytes:
+    def _multipart(self, body: bytes, content_type: str | None, depth: int = 0) -> bytes:
         """``multipart/*`` (RFC 2046 §5.1): each part masked by its own Content-Type. A part
         callgate cannot read (base64 or quoted-printable transfer encoding) fails the body."""
         boundary = parameter(content_type, "boundary")
         if boundary is None:
             raise MaskingFailed("a multipart body has no boundary")
+        if depth >= MAX_MULTIPART_DEPTH:
+            raise MaskingFailed("multipart bodies are nested too deeply")
         delimiter = b"--" + boundary.encode("latin-1", "replace")
-        pieces = body.split(delimiter)
+        # a delimiter counts only at the start of a line (RFC 2046 §5.1.1), as MIME parsers read it
+        pieces = re.split(rb"(?:\A|(?<=\n))" + re.escape(delimiter), body)
         changed = False
         # pieces[0] is the preamble; the last piece starts with "--" (the close delimiter)
         for index in range(1, len(pieces)):
             piece = pieces[index]
             if piece.startswith(b"--"):
                 break
-            new = self._part(piece)
+            new = self._part(piece, depth)
             if new is not piece:
                 pieces[index] = new
                 changed = True
         return delimiter.join(pieces) if changed else body
 
-    def _part(self, piece: bytes) -> bytes:
+    def _part(self, piece: bytes, depth: int) -> bytes:
         split = re.search(rb"\r?\n\r?\n", piece)
         if split is None:
             return piece
@@ -266,21 +278,29 @@ class BodyMasker:
         # the CRLF before the next delimiter belongs to the delimiter (RFC 2046 §5.1.1)
         tail = b"\r\n" if content.endswith(b"\r\n") else b"\n" if content.endswith(b"\n") else b""
         content = content[: len(content) - len(tail)]
-        fields = {}
+        fields: dict[str, str] = {}
         for line in head.decode("latin-1").splitlines():
             name, colon, value = line.partition(":")
             if colon:
-                fields[name.strip().lower()] = value.strip()
+                key = name.strip().lower()
+                if key in fields and fields[key] != value.strip():
+                    # parsers disagree on which one counts: callgate cannot read it as all do
+                    raise MaskingFailed(f"a multipart part has two different {key[:40]} fields")
+                fields[key] = value.strip()
         encoding = fields.get("content-transfer-encoding", "").lower()
         if encoding not in ("", "7bit", "8bit", "binary"):
             raise MaskingFailed(f"a multipart part is {encoding[:20]}-encoded")
-        new = self.payload(content, fields.get("content-type"))
+        new = self.payload(content, fields.get("content-type"), depth + 1)
         return piece if new is content else head + new + tail
 
     def _form(self, body: bytes, content_type: str | None) -> bytes:
         """``application/x-www-form-urlencoded``: detectors on each decoded name and value (an
         ``@`` written ``%40`` is still an email)."""
-        text = body.decode(charset(content_type, body), "surrogateescape")
+        codec = charset(content_type, body)
+        try:
+            text = body.decode(codec, "surrogateescape")
+        except UnicodeError as exc:
+            raise MaskingFailed(f"a form body is not valid {codec}") from exc
         out: list[str] = []
         changed = False
         for pair in text.split("&"):
@@ -338,6 +358,15 @@ class BodyMasker:
 def quote_text(text: str) -> str:
     """Percent-encoding for a decoded query or form component (undecodable bytes kept)."""
     return quote(text, safe="[]*@", errors="surrogateescape")
+
+
+#: Deepest nesting of multipart bodies read (a part that is itself multipart, and so on).
+MAX_MULTIPART_DEPTH = 8
+
+#: The end of an event in an event stream: a line ending, then an empty line. Line endings are
+#: CRLF, LF or CR (a CR followed by LF is one ending, never two).
+_LINE_END = r"(?:\r\n|\r(?!\n)|\n)"
+_EVENT_END = re.compile(f"({_LINE_END}{_LINE_END})")
 
 
 def _float(text: str) -> float:

@@ -173,17 +173,20 @@ def _strip_start(text: str) -> str:
 _WIDE_BOMS: Final = (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff", b"\xff\xfe", b"\xfe\xff")
 
 
-def _head_text(head: bytes) -> str:
+def _head_text(head: bytes, limit: int = SNIFF_BYTES) -> str:
     for bom in _WIDE_BOMS:
         if head.startswith(bom):
             head = head[len(bom) :]
             break
     else:
         bom = b""
-    if bom or (len(head) > 1 and 0 in head[:4]):
+    wide = bool(bom) or (len(head) > 1 and 0 in head[:4])
+    # white space however long (parsers skip it all), then the first bytes that say something
+    head = head.lstrip(b" \t\r\n\x00" if wide else b" \t\r\n")
+    if wide:
         # UTF-16/32 (RFC 4627 allowed it for JSON): drop the zero bytes of ASCII characters
-        head = head[: 4 * SNIFF_BYTES].replace(b"\x00", b"")
-    return head[:SNIFF_BYTES].decode("utf-8", "replace")
+        head = head[: 4 * limit].replace(b"\x00", b"")
+    return head[:limit].decode("utf-8", "replace")
 
 
 #: White space and comments (``/* … */``, ``// …``, and ``<!--``, which also starts a line
@@ -202,6 +205,8 @@ JSONP_START: Final = re.compile(
     + r"(?:typeof[ \t]+[A-Za-z_$][\w$.]*[ \t]*===?[ \t]*(['\"])function\1[ \t]*&&[ \t]*)?"
     r"[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)*[ \t\r\n]*\("
 )
+
+_SCRIPT_SPACE_RE: Final = re.compile(_SCRIPT_SPACE)
 
 #: Media types of scripts: a browser runs them, so what they hand to a page is data too.
 SCRIPT_TYPES: Final = frozenset(
@@ -234,13 +239,28 @@ def jsonp_argument(text: str) -> tuple[int, int] | None:
     return start.end(), end - 1
 
 
-def looks_like_jsonp(head: bytes) -> bool:
+def looks_like_jsonp(head: bytes, *, whole: bool = False) -> bool:
     """True when a body starting with ``head`` may be JSONP: a script that calls a function with
     a JSON object or array (``cb({...});``). A browser runs it and hands the function the
-    object, so it carries fields exactly as JSON does."""
-    text = _head_text(head)
+    object, so it carries fields exactly as JSON does. ``whole``: ``head`` is the whole body,
+    to be looked at past its first :data:`SNIFF_BYTES` (comments before the call)."""
+    text = _head_text(head, len(head) if whole else SNIFF_BYTES)
     start = JSONP_START.match(text)
     return start is not None and text[start.end() :].lstrip(" \t\r\n")[:1] in ("{", "[")
+
+
+def sniff_undecided(head: bytes, more: bool | None = None) -> bool:
+    """True when ``head`` is all white space, or ends inside a comment that a script could be
+    behind, and more of the body follows (``more``; by default, when ``head`` has at least
+    :data:`SNIFF_BYTES`): what follows decides, so the body must be read whole."""
+    if not (len(head) >= SNIFF_BYTES if more is None else more):
+        return False  # the whole body: nothing follows
+    text = _head_text(head)
+    if not text.strip():
+        return True
+    space = _SCRIPT_SPACE_RE.match(text)
+    rest = text[space.end() :] if space is not None else text
+    return rest.startswith("/*") and "*/" not in rest
 
 
 def looks_like_json(head: bytes) -> bool:
@@ -282,13 +302,21 @@ def codings(content_encoding: str | None) -> list[str]:
 
 
 def _inflate(data: bytes, wbits: int, limit: int) -> bytes:
-    inflater = zlib.decompressobj(wbits)
-    out = inflater.decompress(data, limit + 1)
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise MaskingFailed(f"the decompressed response is larger than {limit} bytes")
-    if not inflater.eof:
-        raise MaskingFailed("the compressed response is truncated")
-    return out
+    """Inflate ``data``; a gzip body may hold several members, one after another (RFC 1952
+    §2.2), and clients read them all."""
+    out = b""
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        out += inflater.decompress(data, limit + 1 - len(out))
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise MaskingFailed(f"the decompressed response is larger than {limit} bytes")
+        if not inflater.eof:
+            raise MaskingFailed("the compressed response is truncated")
+        data = inflater.unused_data
+        if not data:
+            return out
+        if wbits != 31:
+            raise MaskingFailed("the compressed response has data after its end")
 
 
 def decode_content(body: bytes, content_encoding: str | None, limit: int) -> bytes:
@@ -313,10 +341,11 @@ def decode_content(body: bytes, content_encoding: str | None, limit: int) -> byt
     return body
 
 
-def decode_head(head: bytes, content_encoding: str | None) -> bytes | None:
+def decode_head(head: bytes, content_encoding: str | None) -> tuple[bytes, bool] | None:
     """The first bytes of a body's decoded content, from the first bytes of its coded form (to
-    sniff what it is); ``None`` for a coding callgate cannot read (br, zstd …) or a head that
-    does not inflate."""
+    sniff what it is), and whether more content follows them; ``None`` for a coding callgate
+    cannot read (br, zstd …) or a head that does not inflate."""
+    more = False
     for coding in reversed(codings(content_encoding)):
         attempts: tuple[int, ...]
         if coding in ("gzip", "x-gzip"):
@@ -326,14 +355,19 @@ def decode_head(head: bytes, content_encoding: str | None) -> bytes | None:
         else:
             return None
         for wbits in attempts:
+            inflater = zlib.decompressobj(wbits)
             try:
-                head = zlib.decompressobj(wbits).decompress(head, SNIFF_BYTES)
-                break
+                decoded = inflater.decompress(head, SNIFF_BYTES)
             except zlib.error:
                 continue
+            # a long gzip header, an empty first member or more members leave little or nothing
+            # decoded yet: what there is may still be looked at, knowing that more follows
+            more = more or not (inflater.eof and not inflater.unused_data)
+            head = decoded
+            break
         else:
             return None
-    return head
+    return head, more
 
 
 def encode_content(body: bytes, content_encoding: str | None) -> bytes:
