@@ -727,18 +727,78 @@ def test_long_leading_white_space_does_not_hide_json() -> None:
     assert b"4111111111111111" not in p.mask_body(commented, "application/octet-stream")
 
 
-def test_every_gzip_member_is_read() -> None:
+def test_gzip_bodies_clients_read_differently_fail() -> None:
     p = plan(CARD)
-    body = gzip.compress(b'{"a":1}\n') + gzip.compress(RAW + b"\n")
-    out = gzip.decompress(p.mask_body(body, "application/x-ndjson", "gzip"))
-    assert b"4111111111111111" not in out and out.startswith(b'{"a":1}\n')
-    # a head that inflates to nothing yet (an empty first member, a long header comment)
-    empty_first = gzip.compress(b"") + gzip.compress(b" " * 2000 + RAW)
-    assert p.needs_body("text/plain", empty_first[:1024], "gzip")
-    assert b"4111" not in gzip.decompress(p.mask_body(empty_first, "text/plain", "gzip"))
-    trailing = zlib.compress(RAW) + b"junk"
+    # browsers read the first gzip member only, Python's and Node's readers all of them
+    for body in (
+        gzip.compress(b'{"a":1}\n') + gzip.compress(RAW + b"\n"),
+        gzip.compress(RAW) + gzip.compress(b"x"),
+        gzip.compress(RAW) + b"junk",
+        gzip.compress(b"") + gzip.compress(RAW),
+    ):
+        assert p.needs_body("text/plain", body[:1024], "gzip")
+        with pytest.raises(ResponseMaskingFailed):
+            p.mask_body(body, "application/x-ndjson", "gzip")
+        with pytest.raises(ResponseMaskingFailed):
+            p.mask_body(body, None, "gzip")
     with pytest.raises(ResponseMaskingFailed):
-        p.mask_body(trailing, "application/json", "deflate")
+        p.mask_body(zlib.compress(RAW) + b"junk", "application/json", "deflate")
+    # zero padding after the end is read by every client, and so here
+    padded = gzip.compress(RAW) + b"\x00" * 8
+    assert b"4111" not in gzip.decompress(p.mask_body(padded, "application/json", "gzip"))
+    # a member count that would take long to read is refused at once
+    many = gzip.compress(b"[") + gzip.compress(b" " * 4000) * 8000 + gzip.compress(b"]")
+    started = time.monotonic()
+    with pytest.raises(ResponseMaskingFailed):
+        p.mask_body(many, "application/json", "gzip")
+    assert time.monotonic() - started < 2.0
+
+
+def test_four_reviews_worth_of_prefixes() -> None:
+    p = plan(CARD)
+    for body in (
+        b"\xef\xbb\xbf" + b" " * 2000 + RAW,
+        b")]}'\n" + b" " * 2000 + RAW,
+    ):
+        assert p.needs_body("text/plain", body[:1024])
+        assert b"4111111111111111" not in p.mask_body(body, "text/plain")
+    for body in (
+        b"// " + b"x" * 1100 + b"\ncb(" + RAW + b")",
+        b"<!--" + b"x" * 1100 + b"\ncb(" + RAW + b")",
+        b"/**/" * 400 + b"cb(" + RAW + b")",
+        b"\xef\xbb\xbf" + b" " * 2000 + b"cb(" + RAW + b")",
+    ):
+        assert p.needs_body("application/octet-stream", body[:1024])
+        assert b"4111111111111111" not in p.mask_body(body, "application/octet-stream")
+
+
+def test_jsonp_argument_python_cannot_read_fails() -> None:
+    for content_type in ("text/plain", None, "application/javascript"):
+        with pytest.raises(ResponseMaskingFailed):
+            plan(CARD).mask_body(b"cb(" + RAW[:-1] + b',"n":1e400})', content_type)
+
+
+def test_text_with_numbers_python_cannot_read_is_still_text() -> None:
+    body = b"[1e400] is infinity"
+    assert plan(CARD).mask_body(body, "text/plain") is body
+
+
+def test_multipart_close_delimiter_is_a_whole_line() -> None:
+    body = (
+        b"--b\r\nContent-Type: text/plain\r\n\r\nline\r\n--b--x\r\n--bb\r\n"
+        b"--b\r\nContent-Type: application/json\r\n\r\n" + RAW + b"\r\n--b--\r\n"
+    )
+    out = plan(CARD).mask_body(body, "multipart/mixed; boundary=b")
+    assert b"4111111111111111" not in out and b"--b--x\r\n--bb\r\n" in out
+    # other repeated part fields are not about reading the part
+    ok = b"--b\r\nX-A: 1\r\nX-A: 2\r\nContent-Type: application/json\r\n\r\n" + RAW + b"\r\n--b--"
+    assert b"4111111111111111" not in plan(CARD).mask_body(ok, "multipart/mixed; boundary=b")
+
+
+def test_detectors_on_wide_text_that_cannot_be_written_back_fail() -> None:
+    body = b"\xff\xfe" + "bob@example.com ".encode("utf-16-le") + b"\xbf\xdc"
+    with pytest.raises(ResponseMaskingFailed):
+        plan(DETECT).mask_body(body, "text/plain")
 
 
 @pytest.mark.parametrize(

@@ -56,7 +56,7 @@ class BodyMasker:
             return self._form(body, content_type)
         if kind == "script":
             return self._script(body, content_type)
-        if looks_like_json(body):
+        if looks_like_json(body, whole=True):
             # JSON under another label (or none) is masked as JSON, also for detectors only: a
             # hit replaced in the raw text could break it (a card number written as a number)
             try:
@@ -122,7 +122,7 @@ class BodyMasker:
         without an XSSI guard), as JSONP when it is JSONP; otherwise, with path rules, refused,
         since callgate cannot tell what a script hands to the page that runs it; with detectors
         only, scanned as text."""
-        if looks_like_json(body):
+        if looks_like_json(body, whole=True):
             try:
                 return self._json_body(body, content_type, lines=False)
             except NotJson:
@@ -166,8 +166,12 @@ class BodyMasker:
             # ``"__proto__": {…}`` in an object literal sets the object's prototype: the page
             # reads the fields under it as the object's own, where no path rule looks
             doc = json.loads(argument, parse_float=_float, object_pairs_hook=_no_proto)
-        except (ValueError, RecursionError):
+        except json.JSONDecodeError:
             return None
+        except (ValueError, RecursionError) as exc:
+            # JSON a page reads (1e400, a huge number, deep nesting, a prototype) and callgate
+            # cannot mask
+            raise MaskingFailed("a JSONP argument callgate cannot read") from exc
         out = self._masked_json(doc, scan)
         return text if out is None else text[:begin] + out + text[end:]
 
@@ -199,11 +203,13 @@ class BodyMasker:
             doc = json.loads(document, parse_float=_float)
         except json.JSONDecodeError as exc:
             raise NotJson("a JSON body is not valid JSON") from exc
-        except (ValueError, RecursionError) as exc:
-            # valid JSON to a JavaScript client (1e400, a 5,000-digit number, deep nesting)
-            raise MaskingFailed(
-                "a JSON body holds a number or a nesting callgate cannot read"
-            ) from exc
+        except ValueError as exc:
+            if not _json_syntax(document):
+                raise NotJson("a JSON body is not valid JSON") from exc
+            # valid JSON to a JavaScript client (1e400, a 5,000-digit number)
+            raise MaskingFailed("a JSON body holds a number callgate cannot read") from exc
+        except RecursionError as exc:
+            raise MaskingFailed("a JSON body is nested deeper than callgate reads") from exc
         out = self._masked_json(doc, scan)
         return text if out is None else text[:prefix_end] + out
 
@@ -257,7 +263,10 @@ class BodyMasker:
             raise MaskingFailed("multipart bodies are nested too deeply")
         delimiter = b"--" + boundary.encode("latin-1", "replace")
         # a delimiter counts only at the start of a line (RFC 2046 §5.1.1), as MIME parsers read it
-        pieces = re.split(rb"(?:\A|(?<=\n))" + re.escape(delimiter), body)
+        # and only as the whole line: ``--b`` or ``--b--``, then optional blanks and the line end
+        pieces = re.split(
+            rb"(?:\A|(?<=\n))" + re.escape(delimiter) + rb"(?=(?:--)?[ \t]*(?:\r?\n|\Z))", body
+        )
         changed = False
         # pieces[0] is the preamble; the last piece starts with "--" (the close delimiter)
         for index in range(1, len(pieces)):
@@ -283,7 +292,7 @@ class BodyMasker:
             name, colon, value = line.partition(":")
             if colon:
                 key = name.strip().lower()
-                if key in fields and fields[key] != value.strip():
+                if key in _PART_READING and key in fields and fields[key] != value.strip():
                     # parsers disagree on which one counts: callgate cannot read it as all do
                     raise MaskingFailed(f"a multipart part has two different {key[:40]} fields")
                 fields[key] = value.strip()
@@ -326,7 +335,10 @@ class BodyMasker:
         new = self.detect_text(text)
         if new is text:
             return body
-        return new.encode(codec, "surrogateescape")
+        try:
+            return new.encode(codec, "surrogateescape")
+        except UnicodeError as exc:
+            raise MaskingFailed(f"the masked body cannot be written in {codec}") from exc
 
     def detect_text(self, text: str) -> str:
         detectors = self.detectors
@@ -360,6 +372,9 @@ def quote_text(text: str) -> str:
     return quote(text, safe="[]*@", errors="surrogateescape")
 
 
+#: A part's header fields that say how to read it: two different values are refused.
+_PART_READING = frozenset({"content-type", "content-transfer-encoding", "content-encoding"})
+
 #: Deepest nesting of multipart bodies read (a part that is itself multipart, and so on).
 MAX_MULTIPART_DEPTH = 8
 
@@ -375,6 +390,17 @@ def _float(text: str) -> float:
         # Python reads 1e400 as infinity and would write it back as Infinity, which is not JSON
         raise ValueError("a JSON number is out of range")
     return value
+
+
+def _json_syntax(document: str) -> bool:
+    """Whether ``document`` is JSON by its syntax alone (numbers not converted)."""
+    try:
+        json.loads(document, parse_float=len, parse_int=len)
+    except json.JSONDecodeError:
+        return False
+    except (ValueError, RecursionError):
+        return True
+    return True
 
 
 def _no_proto(pairs: list[tuple[str, object]]) -> dict[str, object]:

@@ -181,6 +181,8 @@ def _head_text(head: bytes, limit: int = SNIFF_BYTES) -> str:
     else:
         bom = b""
     wide = bool(bom) or (len(head) > 1 and 0 in head[:4])
+    if not wide and head.startswith(b"\xef\xbb\xbf"):
+        head = head[3:]
     # white space however long (parsers skip it all), then the first bytes that say something
     head = head.lstrip(b" \t\r\n\x00" if wide else b" \t\r\n")
     if wide:
@@ -255,18 +257,19 @@ def sniff_undecided(head: bytes, more: bool | None = None) -> bool:
     :data:`SNIFF_BYTES`): what follows decides, so the body must be read whole."""
     if not (len(head) >= SNIFF_BYTES if more is None else more):
         return False  # the whole body: nothing follows
-    text = _head_text(head)
-    if not text.strip():
-        return True
+    text = _strip_start(_head_text(head))  # a byte-order mark, white space, an XSSI guard
     space = _SCRIPT_SPACE_RE.match(text)
     rest = text[space.end() :] if space is not None else text
-    return rest.startswith("/*") and "*/" not in rest
+    # nothing but white space and comments (a line comment may run on past the head), or a
+    # block comment that does not end in it
+    return not rest or (rest.startswith("/*") and "*/" not in rest)
 
 
-def looks_like_json(head: bytes) -> bool:
+def looks_like_json(head: bytes, *, whole: bool = False) -> bool:
     """True when a body starting with ``head`` may be JSON (an object, an array or a string,
-    after a byte-order mark, white space or an XSSI guard)."""
-    text = _strip_start(_head_text(head))
+    after a byte-order mark, white space or an XSSI guard). ``whole``: ``head`` is the whole
+    body, looked at past its first :data:`SNIFF_BYTES`."""
+    text = _strip_start(_head_text(head, len(head) if whole else SNIFF_BYTES))
     return text[:1] in ("{", "[", '"')
 
 
@@ -302,21 +305,21 @@ def codings(content_encoding: str | None) -> list[str]:
 
 
 def _inflate(data: bytes, wbits: int, limit: int) -> bytes:
-    """Inflate ``data``; a gzip body may hold several members, one after another (RFC 1952
-    §2.2), and clients read them all."""
-    out = b""
-    while True:
-        inflater = zlib.decompressobj(wbits)
-        out += inflater.decompress(data, limit + 1 - len(out))
-        if len(out) > limit or inflater.unconsumed_tail:
-            raise MaskingFailed(f"the decompressed response is larger than {limit} bytes")
-        if not inflater.eof:
-            raise MaskingFailed("the compressed response is truncated")
-        data = inflater.unused_data
-        if not data:
-            return out
-        if wbits != 31:
-            raise MaskingFailed("the compressed response has data after its end")
+    """Inflate ``data``: one gzip member or deflate stream, and nothing after it but zero
+    padding. Clients disagree on more (browsers read the first gzip member only, Python's and
+    Node's readers every member), so callgate cannot read such a body as all of them do."""
+    inflater = zlib.decompressobj(wbits)
+    out = inflater.decompress(data, limit + 1)
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise MaskingFailed(f"the decompressed response is larger than {limit} bytes")
+    if not inflater.eof:
+        raise MaskingFailed("the compressed response is truncated")
+    if inflater.unused_data.strip(b"\x00"):
+        raise MaskingFailed(
+            "the compressed response has more after its end (another gzip member or other"
+            " data), which clients read differently"
+        )
+    return out
 
 
 def decode_content(body: bytes, content_encoding: str | None, limit: int) -> bytes:
@@ -360,9 +363,11 @@ def decode_head(head: bytes, content_encoding: str | None) -> tuple[bytes, bool]
                 decoded = inflater.decompress(head, SNIFF_BYTES)
             except zlib.error:
                 continue
-            # a long gzip header, an empty first member or more members leave little or nothing
-            # decoded yet: what there is may still be looked at, knowing that more follows
-            more = more or not (inflater.eof and not inflater.unused_data)
+            if inflater.eof and inflater.unused_data.strip(b"\x00"):
+                return None  # more after the end: mask_body decides (and refuses)
+            # a long gzip header leaves little or nothing decoded yet: what there is may still
+            # be looked at, knowing that more follows
+            more = more or not inflater.eof
             head = decoded
             break
         else:
