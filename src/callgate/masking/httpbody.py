@@ -18,6 +18,7 @@ from callgate.masking.detectors import DetectorSet
 from callgate.masking.errors import MaskingFailed, NotJson
 from callgate.masking.jsonmask import JsonMasker
 from callgate.masking.media import (
+    WIDE_CHARSETS,
     XSSI_PREFIXES,
     charset,
     jsonp_argument,
@@ -81,7 +82,7 @@ class BodyMasker:
             text = body.decode(codec)
         except UnicodeError as exc:
             raise MaskingFailed(f"a JSON body is not valid {codec}") from exc
-        scan = self._may_hit(body)
+        scan = self._may_hit(body, codec)
         new: str | None
         if not lines:
             try:
@@ -142,7 +143,7 @@ class BodyMasker:
             text = body.decode(codec)
         except UnicodeError as exc:
             raise MaskingFailed(f"a JSONP body is not valid {codec}") from exc
-        new = self._jsonp_text(text, self._may_hit(body))
+        new = self._jsonp_text(text, self._may_hit(body, codec))
         if new is None:
             if strict and self.masker.rules:
                 raise MaskingFailed(
@@ -181,7 +182,13 @@ class BodyMasker:
         if new is doc:
             return None
         try:
-            return json.dumps(new, ensure_ascii=False, separators=(",", ":"))
+            out = json.dumps(new, ensure_ascii=False, separators=(",", ":"))
+            if not out.isascii():
+                try:
+                    out.encode("utf-8")
+                except UnicodeEncodeError:  # a lone surrogate from a ``\\ud800`` escape
+                    out = json.dumps(new, ensure_ascii=True, separators=(",", ":"))
+            return out
         except (ValueError, RecursionError) as exc:  # pragma: no cover - parsed JSON dumps
             raise MaskingFailed("a masked JSON body could not be written") from exc
 
@@ -267,6 +274,12 @@ class BodyMasker:
         pieces = re.split(
             rb"(?:\A|(?<=\n))" + re.escape(delimiter) + rb"(?=(?:--)?[ \t]*(?:\r?\n|\Z))", body
         )
+        # a line that only starts like one (``--bX``) is a delimiter to some parsers
+        # (requests-toolbelt splits on ``\r\n--b`` anywhere): callgate cannot read it as all do
+        if re.search(
+            rb"(?:\A|(?<=\n))" + re.escape(delimiter) + rb"(?!(?:--)?[ \t]*(?:\r?\n|\Z))", body
+        ):
+            raise MaskingFailed("a multipart body has a line that starts like its boundary")
         changed = False
         # pieces[0] is the preamble; the last piece starts with "--" (the close delimiter)
         for index in range(1, len(pieces)):
@@ -358,12 +371,15 @@ class BodyMasker:
         parts.append(text[last:])
         return "".join(parts)
 
-    def _may_hit(self, body: bytes) -> bool:
-        """False when no detector can find anything in the JSON text ``body``: its triggers
-        found nothing, and no ``\\u`` escape can hide a character from them."""
+    def _may_hit(self, body: bytes, codec: str) -> bool:
+        """False when no detector can find anything in the JSON text ``body`` (in ``codec``):
+        its triggers found nothing, and no ``\\u`` escape can hide a character from them."""
         detectors = self.detectors
         if detectors is None:
             return False
+        if codec in WIDE_CHARSETS:
+            # the triggers look for ASCII bytes, which UTF-16/32 spreads out with zero bytes
+            return True
         return b"\\u" in body or detectors.may_match(body)
 
 

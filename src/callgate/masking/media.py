@@ -210,6 +210,10 @@ JSONP_START: Final = re.compile(
 
 _SCRIPT_SPACE_RE: Final = re.compile(_SCRIPT_SPACE)
 
+#: What is left of a head that ends inside the start of a JSONP call: a (dotted) name, maybe
+#: after a ``typeof … &&`` guard or inside one, with no parenthesis yet.
+_CUT_CALL: Final = re.compile(r"(?:typeof\b[^()]*|[A-Za-z_$][\w$.]*[ \t\r\n]*)")
+
 #: Media types of scripts: a browser runs them, so what they hand to a page is data too.
 SCRIPT_TYPES: Final = frozenset(
     {
@@ -260,9 +264,16 @@ def sniff_undecided(head: bytes, more: bool | None = None) -> bool:
     text = _strip_start(_head_text(head))  # a byte-order mark, white space, an XSSI guard
     space = _SCRIPT_SPACE_RE.match(text)
     rest = text[space.end() :] if space is not None else text
-    # nothing but white space and comments (a line comment may run on past the head), or a
-    # block comment that does not end in it
-    return not rest or (rest.startswith("/*") and "*/" not in rest)
+    # nothing but white space and comments (a line comment may run on past the head; a
+    # character may be cut by it), a block comment that does not end in it, or the start of a
+    # JSONP call cut before its parenthesis
+    call = JSONP_START.match(rest)
+    return (
+        not rest.rstrip("\ufffd")
+        or (rest.startswith("/*") and "*/" not in rest)
+        or _CUT_CALL.fullmatch(rest) is not None
+        or (call is not None and not rest[call.end() :].strip(" \t\r\n\ufffd"))
+    )
 
 
 def looks_like_json(head: bytes, *, whole: bool = False) -> bool:
@@ -363,8 +374,10 @@ def decode_head(head: bytes, content_encoding: str | None) -> tuple[bytes, bool]
                 decoded = inflater.decompress(head, SNIFF_BYTES)
             except zlib.error:
                 continue
-            if inflater.eof and inflater.unused_data.strip(b"\x00"):
-                return None  # more after the end: mask_body decides (and refuses)
+            if inflater.eof and (inflater.unused_data or len(head) >= SNIFF_BYTES):
+                # more after the end, or maybe more after a member that ends with the head: some
+                # readers read on (Python's gzip), others stop; mask_body decides
+                return None
             # a long gzip header leaves little or nothing decoded yet: what there is may still
             # be looked at, knowing that more follows
             more = more or not inflater.eof
