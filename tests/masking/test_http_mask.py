@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import os
 import time
 import zlib
 from collections.abc import Mapping
@@ -907,3 +908,15 @@ def test_a_fifth_reviews_cases() -> None:
     assert b"4111111111111111" not in out and json.loads(out)["x"] == "\ud800"
     sse = b"data: " + lone + b"\n\n"
     assert b"4111111111111111" not in p.mask_body(sse, "text/event-stream")
+
+
+def test_ordinary_heads_are_still_decided_by_their_first_bytes() -> None:
+    p = plan(CARD)
+    for head in (
+        b"\xff" * 1024,  # padding of a firmware image: bytes that are not UTF-8, not a cut one
+        b"typeof values are: " + b"x " * 600,  # text that starts with the word
+        b"\x89PNG\r\n\x1a\n" + os.urandom(1100),
+        b"PK\x03\x04" + os.urandom(1100),
+        b"%PDF-1.7\n" + os.urandom(1100),
+    ):
+        assert not p.needs_body("application/octet-stream", head[:1024]), head[:20]

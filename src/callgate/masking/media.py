@@ -212,7 +212,11 @@ _SCRIPT_SPACE_RE: Final = re.compile(_SCRIPT_SPACE)
 
 #: What is left of a head that ends inside the start of a JSONP call: a (dotted) name, maybe
 #: after a ``typeof … &&`` guard or inside one, with no parenthesis yet.
-_CUT_CALL: Final = re.compile(r"(?:typeof\b[^()]*|[A-Za-z_$][\w$.]*[ \t\r\n]*)")
+_CUT_CALL: Final = re.compile(
+    r"typeof(?:[ \t]+(?:[A-Za-z_$][\w$.]*(?:[ \t]*(?:={1,3}(?:[ \t]*(?:(['\"])(?:[a-z]*"
+    r"(?:\1(?:[ \t]*(?:&&?(?:[ \t]*(?:[A-Za-z_$][\w$.]*[ \t\r\n]*)?)?)?)?)?)?)?)?)?)?)?)?"
+    r"|[A-Za-z_$][\w$.]*[ \t\r\n]*"
+)
 
 #: Media types of scripts: a browser runs them, so what they hand to a page is data too.
 SCRIPT_TYPES: Final = frozenset(
@@ -269,7 +273,8 @@ def sniff_undecided(head: bytes, more: bool | None = None) -> bool:
     # JSONP call cut before its parenthesis
     call = JSONP_START.match(rest)
     return (
-        not rest.rstrip("\ufffd")
+        # (at most one character cut by the head's end: bytes that are not UTF-8 are not that)
+        (len(rest) <= 3 and not rest.rstrip("\ufffd"))
         or (rest.startswith("/*") and "*/" not in rest)
         or _CUT_CALL.fullmatch(rest) is not None
         or (call is not None and not rest[call.end() :].strip(" \t\r\n\ufffd"))
